@@ -1,0 +1,1 @@
+"""The child process the KCL MultiLangDaemon spawns for each shard: ``python -m record_processor``."""

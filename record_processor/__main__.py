@@ -1,0 +1,66 @@
+"""``python -m record_processor``: the child process the MultiLangDaemon spawns per shard."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from record_processor import log as child_log
+from record_processor.config import ProcessorConfig
+from record_processor.lateness import LatenessPolicy
+from record_processor.processor import RetryPolicy, ShardWorker
+from thyme.errors import ThymeError
+from thyme.store import open_store, redact_url, store_url
+
+ENV_CONFIG = "THYME_PROCESSOR_CONFIG"
+ENV_DATASET = "THYME_DATASET"
+
+
+def build_worker(config: ProcessorConfig) -> ShardWorker:
+    """A :class:`ShardWorker` for ``config`` with its store opened."""
+    return ShardWorker(
+        config.dataset,
+        LatenessPolicy(config.max_lateness, config.max_future_skew),
+        open_store(config.store_url),
+        RetryPolicy(give_up_after_s=config.retry_give_up_after_s),
+    )
+
+
+def load_config(argv: list[str] | None = None) -> ProcessorConfig:
+    parser = argparse.ArgumentParser(prog="python -m record_processor", description=__doc__)
+    parser.add_argument("--config", default=os.environ.get(ENV_CONFIG), help=f"processor config JSON (${ENV_CONFIG})")
+    parser.add_argument("--dataset", default=os.environ.get(ENV_DATASET), help=f"MODULE:DATASET (${ENV_DATASET})")
+    parser.add_argument("--store", default=None, help="store URL (default: $THYME_STORE_URL or sqlite:///thyme.db)")
+    args = parser.parse_args(argv)
+    if args.config:
+        config = ProcessorConfig.from_file(args.config)
+    elif args.dataset:
+        from thyme.loader import load_dataset
+
+        config = ProcessorConfig.from_dataset(load_dataset(args.dataset))
+    else:
+        parser.error(f"give --config or --dataset (or set {ENV_CONFIG} / {ENV_DATASET})")
+    if args.store:
+        config = config.model_copy(update={"store_url": args.store})
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    context: dict[str, object] = {"component": "record_processor"}
+    child_log.configure(context)
+    try:
+        config = load_config(argv)
+        context["dataset"] = config.dataset.name
+        context["store"] = redact_url(store_url(config.store_url))
+        worker = build_worker(config)
+    except ThymeError:
+        return 78
+    from record_processor import kcl
+
+    kcl.run(worker, context)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""The amazon-kclpy v3 adapter: the only module that imports ``amazon_kclpy``.
+
+amazon-kclpy catches ordinary exceptions raised by a processor, prints them and still
+reports the action done, so a failed batch would be acknowledged. This adapter therefore
+never lets a failure pass as success: a batch that cannot be applied ends the process with
+a non-zero status (``SystemExit`` goes through kclpy) before any status is written, and the
+daemon restarts the shard from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from typing import Final, TypeVar
+
+from amazon_kclpy import kcl
+from amazon_kclpy.messages import (
+    InitializeInput,
+    LeaseLostInput,
+    ProcessRecordsInput,
+    ShardEndedInput,
+    ShutdownRequestedInput,
+)
+from amazon_kclpy.v3 import processor as v3
+
+from record_processor.processor import BatchFailedError, InputRecord, ShardWorker
+from thyme.errors import ThymeError
+from thyme.store.base import Position
+
+log = logging.getLogger("record_processor.kcl")
+R = TypeVar("R")
+
+EXIT_STORE_UNAVAILABLE: Final = 75
+"""EX_TEMPFAIL: the store could not apply a batch within the retry bound."""
+EXIT_INTERNAL: Final = 70
+"""EX_SOFTWARE: an unexpected error; the batch was not acknowledged."""
+EXIT_CONFIG: Final = 78
+"""EX_CONFIG: the store refuses the dataset (e.g. its schema changed at the same version)."""
+CHECKPOINT_RETRIES: Final = 5
+LEASE_GONE: Final = frozenset({"ShutdownException", "InvalidStateException"})
+
+
+class KclProcessor(v3.RecordProcessorBase):  # type: ignore[misc]
+    """Maps the KCL lifecycle onto a :class:`ShardWorker` and takes the checkpoints."""
+
+    def __init__(
+        self,
+        worker: ShardWorker,
+        log_context: dict[str, object] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.worker = worker
+        self._log_context = log_context if log_context is not None else {}
+        self._sleep = sleep
+        self._last: Position | None = None
+
+    def initialize(self, initialize_input: InitializeInput) -> None:
+        shard = initialize_input.shard_id
+        self._log_context["shard"] = shard
+        _guard(lambda: self.worker.initialize(shard))
+        log.info(
+            "initialize",
+            extra={"fields": {"kcl_checkpoint": initialize_input.sequence_number}},
+        )
+
+    def process_records(self, process_records_input: ProcessRecordsInput) -> None:
+        delivered = process_records_input.records
+        records = [
+            InputRecord(
+                r.data, r.partition_key, r.sequence_number, r.sub_sequence_number or 0, r.timestamp_millis
+            )
+            for r in delivered
+        ]
+        started = time.perf_counter()
+        outcome = _guard(lambda: self.worker.process(records))
+        log.info(
+            "batch applied",
+            extra={"fields": {
+                "first": records[0].sequence if records else None,
+                "last": records[-1].sequence if records else None,
+                "received": outcome.received, "applied": outcome.applied,
+                "replayed": outcome.replayed, "dead_letters": dict(outcome.dead_letters),
+                "attempts": outcome.attempts,
+                "millis_behind_latest": process_records_input.millis_behind_latest,
+                "seconds": round(time.perf_counter() - started, 4),
+            }},
+        )
+        if outcome.last is not None:
+            self._last = outcome.last
+            self._checkpoint(
+                process_records_input.checkpointer, str(outcome.last.sequence), outcome.last.sub_sequence
+            )
+
+    def lease_lost(self, lease_lost_input: LeaseLostInput) -> None:
+        log.info("lease lost; another worker owns the shard now (no checkpoint)")
+
+    def shard_ended(self, shard_ended_input: ShardEndedInput) -> None:
+        _guard(self.worker.shard_ended)
+        log.info("shard ended; checkpointing at SHARD_END")
+        self._checkpoint(shard_ended_input.checkpointer, None, None)
+
+    def shutdown_requested(self, shutdown_requested_input: ShutdownRequestedInput) -> None:
+        # Every delivered batch is already applied (processing is synchronous), so the
+        # checkpoint at the last delivered record is safe and speeds up the hand-over.
+        if self._last is not None:
+            log.info("shutdown requested; checkpointing the last applied record")
+            self._checkpoint(
+                shutdown_requested_input.checkpointer, str(self._last.sequence), self._last.sub_sequence
+            )
+
+    def _checkpoint(self, checkpointer: kcl.Checkpointer, sequence: str | None, sub: int | None) -> None:
+        """Checkpoint; retry throttling; a lost lease is not an error (the store has the data)."""
+        for attempt in range(1, CHECKPOINT_RETRIES + 1):
+            try:
+                checkpointer.checkpoint(sequence, sub)
+                return
+            except kcl.CheckpointError as exc:
+                error = str(exc.value)
+                if error in LEASE_GONE:
+                    log.info("checkpoint refused: lease no longer held", extra={"fields": {"error": error}})
+                    return
+                if error == "ThrottlingException" and attempt < CHECKPOINT_RETRIES:
+                    self._sleep(0.2 * 2**attempt)
+                    continue
+                log.warning(
+                    "checkpoint failed; the records are applied, a restart will skip them",
+                    extra={"fields": {"error": error, "sequence": sequence}},
+                )
+                return
+
+
+def _guard(action: Callable[[], R]) -> R:
+    """Run worker code; turn any failure into an exit, so kclpy cannot report it as done."""
+    try:
+        return action()
+    except BatchFailedError as exc:
+        log.error("batch not applied; exiting so the daemon restarts the shard", extra={"fields": {"error": str(exc)}})
+        raise SystemExit(EXIT_STORE_UNAVAILABLE) from exc
+    except ThymeError as exc:
+        log.error(str(exc))
+        raise SystemExit(EXIT_CONFIG) from exc
+    except Exception as exc:
+        log.exception("unexpected error; exiting without acknowledging the batch")
+        raise SystemExit(EXIT_INTERNAL) from exc
+
+
+def run(worker: ShardWorker, log_context: dict[str, object] | None = None) -> None:
+    """Serve the MultiLangDaemon protocol on stdin/stdout until the daemon closes stdin.
+
+    ``log_context`` is the dict behind the JSON log lines; the shard id is added to it.
+    """
+    processor = KclProcessor(worker, log_context)
+    kcl.KCLProcess(processor, input_file=sys.stdin, output_file=sys.stdout, error_file=sys.stderr).run()

@@ -1,0 +1,48 @@
+"""Logs of the child process: JSON lines on stderr. stdout belongs to the KCL protocol."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any, TextIO
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per line: time, level, message, the shard/dataset context, extra fields."""
+
+    def __init__(self, context: dict[str, Any]) -> None:
+        super().__init__()
+        self.context = context
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            **self.context,
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure(context: dict[str, Any], level: int = logging.INFO, stream: TextIO | None = None) -> JsonLines:
+    """Send every log record of this process to ``stream`` (stderr) as JSON lines.
+
+    Returns the formatter so that the shard id can be added to ``context`` once known.
+    """
+    handler = logging.StreamHandler(stream or sys.stderr)
+    formatter = JsonLines(context)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.captureWarnings(True)
+    return formatter

@@ -1,0 +1,263 @@
+"""One shard's worker: turn delivered records into one store transaction, exactly once.
+
+Plain, typed Python with no knowledge of the KCL protocol (``record_processor.kcl`` adapts
+it to amazon-kclpy). Per batch:
+
+1. skip every record at or below the shard's stored position (a replay);
+2. decode each record strictly and judge it against the watermark, in stream order;
+3. apply rows, dead letters and the new position/watermark in one transaction, as a
+   compare-and-set on the state the batch was computed from. If another worker moved the
+   state meanwhile (a lease moved and the old owner is late), recompute from the new state;
+4. if the store is unavailable, retry with backoff; past a bound, raise :class:`BatchFailedError`.
+   The caller must then exit without acknowledging, so the daemon restarts the shard from
+   its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from record_processor.decode import RecordDecoder
+from record_processor.lateness import LatenessPolicy
+from thyme.dataset import DatasetSchema
+from thyme.errors import StoreUnavailableError
+from thyme.store.base import Batch, DeadLetter, Position, Row, ShardState, Store
+
+log = logging.getLogger("record_processor")
+T = TypeVar("T")
+
+MAX_CONFLICTS = 20
+"""Recomputations allowed for one batch before giving up (each needs another writer's commit)."""
+
+
+@dataclass(frozen=True, slots=True)
+class InputRecord:
+    """A record as delivered by the daemon."""
+
+    data: str
+    """Base64, as the daemon sends it."""
+    partition_key: str
+    sequence: str
+    sub_sequence: int
+    arrival_ms: int | None
+    """Kinesis approximate arrival time, ms since the epoch."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff for a store that cannot apply a batch: doubling from ``initial_s`` to ``max_s``,
+    giving up (exit, no acknowledgement) once ``give_up_after_s`` has passed."""
+
+    initial_s: float = 0.2
+    max_s: float = 5.0
+    give_up_after_s: float = 120.0
+
+
+@dataclass
+class BatchOutcome:
+    """What one batch did (for logs, metrics and tests)."""
+
+    received: int = 0
+    applied: int = 0
+    replayed: int = 0
+    """Records skipped because the store already had them."""
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    attempts: int = 1
+    last: Position | None = None
+    """Position of the last record delivered (the checkpoint to take)."""
+
+
+class BatchFailedError(Exception):
+    """The batch could not be applied within the retry bound; it must not be acknowledged."""
+
+
+class ShardWorker:
+    """Applies the batches of one shard to the store. One instance per child process."""
+
+    def __init__(
+        self,
+        schema: DatasetSchema,
+        lateness: LatenessPolicy,
+        store: Store,
+        retry: RetryPolicy | None = None,
+        *,
+        parent_watermark: Callable[[str], int | None] | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.schema = schema
+        self.lateness = lateness
+        self.store = store
+        self.retry = retry or RetryPolicy()
+        self.decoder = RecordDecoder(schema)
+        self._parent_watermark = parent_watermark
+        self._clock = clock
+        self._sleep = sleep
+        self.shard = ""
+        self.stored: ShardState | None = None
+        """The shard state as last read from or written to the store."""
+        self._inherited_watermark: int | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def initialize(self, shard: str) -> None:
+        """Load the shard's state; a new shard starts from its parents' watermark."""
+        self.shard = shard
+
+        def load() -> ShardState | None:
+            self.store.ensure_dataset(self.schema)
+            return self.store.shard_state(self.schema, shard)
+
+        self.stored = self._retrying("initialize", load)
+        if self.stored is None and self._parent_watermark is not None:
+            self._inherited_watermark = self._parent_watermark(shard)
+        log.info(
+            "shard initialised",
+            extra={"fields": {
+                "position": None if self.stored is None or self.stored.position is None else str(self.stored.position),
+                "watermark_us": self._base().watermark_us,
+            }},
+        )
+
+    def process(self, records: Sequence[InputRecord]) -> BatchOutcome:
+        """Apply one delivered batch; return what happened. Raises :class:`BatchFailedError`."""
+        started = self._clock()
+        attempts = 0
+        conflicts = 0
+        while True:
+            attempts += 1
+            expect = self.stored
+            batch, outcome = self._build(records, expect)
+            outcome.attempts = attempts
+            if not batch.rows and not batch.dead_letters:
+                return outcome  # nothing new: a replay or an empty batch
+            try:
+                conflict = self.store.apply(self.schema, batch, expect)
+            except StoreUnavailableError as exc:
+                self._backoff(started, attempts, exc)
+                continue
+            if conflict is None:
+                self.stored = batch.state
+                return outcome
+            conflicts += 1
+            log.warning(
+                "shard state changed under this worker (another worker applied records); recomputing",
+                extra={"fields": {"expected": _describe(expect), "found": _describe(conflict.current)}},
+            )
+            if conflicts >= MAX_CONFLICTS:
+                raise BatchFailedError(f"shard {self.shard}: state kept changing under this worker")
+            self.stored = conflict.current
+
+    def shard_ended(self) -> None:
+        """Record that the shard was read to its end (its children may inherit its watermark)."""
+        state = self._base()
+        ended = ShardState(position=state.position, watermark_us=state.watermark_us, ended=True)
+
+        def mark() -> None:
+            conflict = self.store.apply(self.schema, Batch(self.shard, ended), self.stored)
+            if conflict is not None:
+                self.stored = conflict.current
+                raise StoreUnavailableError("shard state changed while marking the shard ended")
+
+        self._retrying("shard_ended", mark)
+        self.stored = ended
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _base(self) -> ShardState:
+        return self.stored or ShardState(watermark_us=self._inherited_watermark)
+
+    def _build(self, records: Sequence[InputRecord], expect: ShardState | None) -> tuple[Batch, BatchOutcome]:
+        base = expect or ShardState(watermark_us=self._inherited_watermark)
+        after = base.position
+        watermark = base.watermark_us
+        decoder, judge = self.decoder, self.lateness.judge
+        rows: list[Row] = []
+        dead: list[DeadLetter] = []
+        outcome = BatchOutcome(received=len(records))
+        now_ms = int(self._clock() * 1000)
+        last = after
+        for record in records:
+            position = Position(int(record.sequence), record.sub_sequence)
+            if after is not None and position <= after:
+                outcome.replayed += 1
+                continue
+            if last is None or position > last:
+                last = position
+            raw: bytes | str = record.data.encode()
+            try:
+                raw = decoder.decode_base64(record.data)
+                if isinstance(raw, str):
+                    reason, raw = raw, record.data.encode()
+                else:
+                    result = decoder.decode(raw)
+                    if isinstance(result, str):
+                        reason = result
+                    else:
+                        arrival = record.arrival_ms if record.arrival_ms is not None else now_ms
+                        late = judge(result.ts_us, arrival, watermark)
+                        if late is None:
+                            rows.append(Row(result.key, result.ts_us, result.data))
+                            if watermark is None or result.ts_us > watermark:
+                                watermark = result.ts_us
+                            continue
+                        reason = late
+            except Exception as exc:  # a bug must not stall the shard: keep the record, say why
+                log.exception("unexpected error decoding a record; dead-lettered")
+                reason = f"internal_error: {type(exc).__name__}"
+            assert isinstance(raw, bytes)
+            dead.append(DeadLetter(
+                self.shard, record.sequence, record.sub_sequence, record.partition_key,
+                raw, reason, record.arrival_ms,
+            ))
+            outcome.dead_letters[_reason_class(reason)] += 1
+        outcome.applied = len(rows)
+        if records:
+            outcome.last = Position(int(records[-1].sequence), records[-1].sub_sequence)
+        state = ShardState(position=last, watermark_us=watermark, ended=base.ended)
+        return Batch(self.shard, state, rows, dead), outcome
+
+    def _backoff(
+        self, started: float, attempts: int, exc: StoreUnavailableError, what: str = "batch"
+    ) -> None:
+        elapsed = self._clock() - started
+        if elapsed >= self.retry.give_up_after_s:
+            raise BatchFailedError(
+                f"shard {self.shard}: store unavailable for {elapsed:.0f}s, giving up so the daemon "
+                f"restarts the shard from its last checkpoint: {exc}"
+            ) from exc
+        delay = min(self.retry.max_s, self.retry.initial_s * 2 ** (attempts - 1))
+        log.warning(
+            "store unavailable; nothing applied or acknowledged, retrying",
+            extra={"fields": {"during": what, "error": str(exc), "attempt": attempts, "retry_in_s": delay}},
+        )
+        self._sleep(delay)
+
+    def _retrying(self, what: str, action: Callable[[], T]) -> T:
+        """Run a store action, retrying while the store is unavailable (bounded)."""
+        started = self._clock()
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                return action()
+            except StoreUnavailableError as exc:
+                self._backoff(started, attempts, exc, what)
+
+
+def _reason_class(reason: str) -> str:
+    """Group ``schema: <field>: <what>`` reasons by field for counters."""
+    if reason.startswith("schema: "):
+        return "schema: " + reason[8:].split(":", 1)[0]
+    return reason
+
+
+def _describe(state: ShardState | None) -> str:
+    if state is None or state.position is None:
+        return "nothing applied"
+    return f"position {state.position}, watermark {state.watermark_us}"

@@ -1,0 +1,72 @@
+"""Store selection: ``--store URL`` or ``THYME_STORE_URL``; an embedded SQLite file by default."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Final
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+from thyme.errors import StoreConfigError
+from thyme.store.base import Batch, Conflict, DeadLetter, Position, Row, ShardState, ShardSummary, Store
+from thyme.store.sqlite import DEFAULT_BUSY_TIMEOUT_MS, SQLiteStore
+
+ENV_STORE_URL: Final = "THYME_STORE_URL"
+DEFAULT_STORE_URL: Final = "sqlite:///thyme.db"
+
+__all__ = [
+    "DEFAULT_STORE_URL", "ENV_STORE_URL", "Batch", "Conflict", "DeadLetter", "Position", "Row",
+    "SQLiteStore", "ShardState", "ShardSummary", "Store", "open_store", "redact_url", "store_url",
+]
+
+
+def store_url(explicit: str | None = None) -> str:
+    """The store URL in force: the explicit one, else ``THYME_STORE_URL``, else ``sqlite:///thyme.db``."""
+    return explicit or os.environ.get(ENV_STORE_URL) or DEFAULT_STORE_URL
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (safe for logs and errors)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        user = parts.username or ""
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    except ValueError:
+        return "<unparseable store URL>"
+
+
+def open_store(url: str | None = None) -> Store:
+    """Open the store named by ``url`` (see :func:`store_url`).
+
+    ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``; the query parameter
+    ``busy_timeout_ms`` (default 30000) bounds how long a writer waits for the file lock.
+    """
+    url = store_url(url)
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
+            raise StoreConfigError(
+                "store URL", "a SQLite URL names a file as sqlite:///relative.db or sqlite:////absolute.db",
+                "For example --store sqlite:///thyme.db.", value=redact_url(url),
+            )
+        query = parse_qs(parts.query)
+        unknown = set(query) - {"busy_timeout_ms"}
+        if unknown:
+            raise StoreConfigError(
+                "store URL", f"unknown SQLite option {sorted(unknown)[0]}",
+                "The only option is busy_timeout_ms.", value=redact_url(url),
+            )
+        timeout = query.get("busy_timeout_ms", [str(DEFAULT_BUSY_TIMEOUT_MS)])[-1]
+        if not timeout.isdigit():
+            raise StoreConfigError(
+                "store URL busy_timeout_ms", "must be a whole number of milliseconds",
+                "For example ?busy_timeout_ms=30000.", value=timeout,
+            )
+        return SQLiteStore(Path(parts.path[1:]), busy_timeout_ms=int(timeout))
+    raise StoreConfigError(
+        "store URL", f"unsupported store scheme {parts.scheme!r}",
+        "Use sqlite:///path/to/thyme.db.", value=redact_url(url),
+    )

@@ -1,0 +1,147 @@
+"""The store contract: what every backend (SQLite, later PostgreSQL) must guarantee.
+
+A store holds, per dataset, every accepted event keyed and versioned by event time; per
+(dataset, shard) the position of the last applied record and the shard's watermark; and the
+dead letters. It needs few operations:
+
+* :meth:`Store.apply` applies one batch **atomically**: its rows, its dead letters and the
+  shard's new :class:`ShardState` commit together or not at all. It is a compare-and-set on
+  the shard state: if the stored state is not the one the caller computed the batch from
+  (another worker applied records in between, or this is a replay), nothing is written and
+  the current state comes back as a :class:`Conflict`, so the caller can recompute.
+* :meth:`Store.shard_state` reads the state a worker resumes from.
+* :meth:`Store.lookup` returns the newest version of a key with event time ≤ a moment.
+
+"Replay" means the same records delivered again (Kinesis and KCL deliver at least once):
+callers skip every record at or below the stored position, so re-applying a batch changes
+nothing. A store that cannot write (locked, disk full, unreachable) raises
+:class:`~thyme.errors.StoreUnavailableError` and has changed nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from thyme.dataset import DatasetSchema
+
+Key = str | int
+
+
+@dataclass(frozen=True, order=True)
+class Position:
+    """A record's place in its shard: sequence number, then KPL sub-sequence number."""
+
+    sequence: int
+    sub_sequence: int = 0
+
+    @classmethod
+    def parse(cls, sequence: str, sub_sequence: int | None = 0) -> Position:
+        return cls(int(sequence), sub_sequence or 0)
+
+    def __str__(self) -> str:
+        return f"{self.sequence}/{self.sub_sequence}"
+
+
+@dataclass(frozen=True)
+class ShardState:
+    """What a shard's worker resumes from: last applied position and the watermark."""
+
+    position: Position | None = None
+    """The last record applied (or dead-lettered); None before the first batch."""
+    watermark_us: int | None = None
+    """Greatest event time accepted on this shard, µs since the epoch (UTC); None if none yet."""
+    ended: bool = False
+    """The shard was read to its end (after a split or merge)."""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A record that was not applied, kept with its raw bytes so it can be inspected and re-driven."""
+
+    shard: str
+    sequence: str
+    sub_sequence: int
+    partition_key: str
+    raw: bytes
+    reason: str
+    """``invalid_base64``, ``invalid_utf8``, ``invalid_json``, ``not_an_object``,
+    ``schema: <field>: <what>``, ``late``, ``future_timestamp``."""
+    arrival_ms: int | None
+    recorded_at_us: int = 0
+    """Filled in by the store when read back."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """An accepted event ready to store: key, event time (µs UTC) and the row as JSON."""
+
+    key: Key
+    ts_us: int
+    data: str
+
+
+@dataclass
+class Batch:
+    """Everything one ``processRecords`` call changes, applied in one transaction."""
+
+    shard: str
+    state: ShardState
+    """The shard state after this batch."""
+    rows: list[Row] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """:meth:`Store.apply` found another state than expected; nothing was written."""
+
+    current: ShardState | None
+
+
+@dataclass(frozen=True)
+class ShardSummary:
+    """A shard's state with its counters, for status and tests."""
+
+    dataset: str
+    shard: str
+    state: ShardState
+    applied: int
+    dead_lettered: int
+    updated_at_us: int
+
+
+class Store(Protocol):
+    """A Thyme store backend. See the module docstring for the guarantees."""
+
+    url: str
+    """The store URL with any password removed (safe to print)."""
+
+    def ensure_dataset(self, schema: DatasetSchema) -> None:
+        """Create the dataset's tables if needed; refuse a changed schema at the same version
+        with :class:`~thyme.errors.SchemaChangedError`."""
+
+    def shard_state(self, dataset: DatasetSchema, shard: str) -> ShardState | None:
+        """The stored state of a shard, or None if nothing was applied yet."""
+
+    def apply(self, dataset: DatasetSchema, batch: Batch, expect: ShardState | None) -> Conflict | None:
+        """Apply ``batch`` atomically if the stored state equals ``expect``; else a :class:`Conflict`."""
+
+    def lookup(self, dataset: DatasetSchema, key: Key, at_us: int) -> str | None:
+        """The row (JSON) of the newest version of ``key`` with event time ≤ ``at_us``; ties go
+        to the one applied last (stream order)."""
+
+    def dead_letters(self, dataset: DatasetSchema, reason: str | None = None, limit: int = 1000) -> list[DeadLetter]:
+        """Dead letters of a dataset in the order recorded, optionally for one reason."""
+
+    def dead_letter_counts(self, dataset: DatasetSchema) -> dict[str, int]:
+        """Number of dead letters per reason."""
+
+    def shards(self, dataset: DatasetSchema) -> list[ShardSummary]:
+        """Every shard the store has state for."""
+
+    def count_rows(self, dataset: DatasetSchema) -> int:
+        """Number of stored versions (all keys, all event times)."""
+
+    def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,260 @@
+"""The embedded store: one SQLite file shared by every shard's child process.
+
+Layout (chosen for write speed into a large dataset, see ``../shared/reference/performance.md``):
+
+* ``ds_<name>_v<version>``: an append-only rowid table ``(key, ts, row)``; rowid order is
+  apply order, which within a shard is stream order. An index on ``(key, ts)`` serves
+  as-of lookups. No keyed upsert: a keyed table rewrites a random page per row once it is
+  large, while an append plus a narrow index stays fast.
+* ``thyme_shards``: per (dataset, shard) the last applied position, the watermark, counters.
+* ``thyme_dead_letters``: rejected records with their raw bytes and reason.
+* ``thyme_datasets``: the schema each dataset version was created with.
+
+Concurrency: WAL mode, and every write transaction starts with ``BEGIN IMMEDIATE`` so that
+a writer waits (``busy_timeout``) for the lock instead of failing on upgrade. ``synchronous=FULL``:
+a committed batch survives a power cut, because the KCL checkpoint is taken after it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Final
+
+from thyme.dataset import DatasetSchema
+from thyme.errors import SchemaChangedError, StoreUnavailableError
+from thyme.store.base import Batch, Conflict, DeadLetter, Key, Position, ShardState, ShardSummary
+
+DEFAULT_BUSY_TIMEOUT_MS: Final = 30_000
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS thyme_datasets (
+    name TEXT NOT NULL, version INTEGER NOT NULL, schema_json TEXT NOT NULL,
+    created_at_us INTEGER NOT NULL, PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS thyme_shards (
+    dataset TEXT NOT NULL, shard TEXT NOT NULL,
+    sequence TEXT, sub_sequence INTEGER, watermark_us INTEGER, ended INTEGER NOT NULL DEFAULT 0,
+    applied INTEGER NOT NULL DEFAULT 0, dead_lettered INTEGER NOT NULL DEFAULT 0,
+    updated_at_us INTEGER NOT NULL, PRIMARY KEY (dataset, shard)
+);
+CREATE TABLE IF NOT EXISTS thyme_dead_letters (
+    id INTEGER PRIMARY KEY, dataset TEXT NOT NULL, shard TEXT NOT NULL,
+    sequence TEXT NOT NULL, sub_sequence INTEGER NOT NULL, partition_key TEXT NOT NULL,
+    arrival_ms INTEGER, reason TEXT NOT NULL, raw BLOB NOT NULL, recorded_at_us INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS thyme_dead_letters_by_reason ON thyme_dead_letters (dataset, reason);
+"""
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def table_name(dataset: DatasetSchema) -> str:
+    """The events table of a dataset version (the name is validated by ``@dataset``)."""
+    return f"ds_{dataset.name}_v{dataset.version}"
+
+
+class SQLiteStore:
+    """The embedded SQLite store. Safe for many processes; one instance per process."""
+
+    def __init__(self, path: str | Path, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> None:
+        self.path = Path(path)
+        self.url = f"sqlite:///{self.path}"
+        self._busy_timeout_ms = busy_timeout_ms
+        self._known: set[tuple[str, int]] = set()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                self.path, isolation_level=None, timeout=busy_timeout_ms / 1000, check_same_thread=False
+            )
+            self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            with self._write():
+                pass  # wait for the lock before switching the journal mode
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._db.execute("PRAGMA cache_size = -65536")
+            self._db.execute("PRAGMA temp_store = MEMORY")
+            with self._write():
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailableError(f"cannot open the SQLite store {self.path}: {exc}") from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken with ``BEGIN IMMEDIATE``; rolled back on any error."""
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise self._unavailable(exc) from exc
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise self._unavailable(exc) from exc
+            raise
+
+    def _unavailable(self, exc: sqlite3.Error) -> StoreUnavailableError:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            hint = (
+                f"another process held the write lock for more than {self._busy_timeout_ms} ms"
+            )
+        elif "full" in text:
+            hint = "the disk (or the file-size limit) is full"
+        else:
+            hint = text
+        return StoreUnavailableError(f"SQLite store {self.path}: {hint} ({text})")
+
+    # -- datasets ---------------------------------------------------------------------------
+
+    def ensure_dataset(self, schema: DatasetSchema) -> None:
+        ident = (schema.name, schema.version)
+        if ident in self._known:
+            return
+        wanted = schema.model_dump_json()
+        with self._write() as db:
+            found = db.execute(
+                "SELECT schema_json FROM thyme_datasets WHERE name = ? AND version = ?", ident
+            ).fetchone()
+            if found is None:
+                db.execute(
+                    "INSERT INTO thyme_datasets VALUES (?, ?, ?, ?)", (*ident, wanted, _now_us())
+                )
+                table = table_name(schema)
+                db.execute(
+                    f'CREATE TABLE IF NOT EXISTS "{table}" (key NOT NULL, ts INTEGER NOT NULL, row TEXT NOT NULL)'
+                )
+                db.execute(f'CREATE INDEX IF NOT EXISTS "{table}_key_ts" ON "{table}" (key, ts)')
+            elif DatasetSchema.model_validate_json(found[0]) != schema:
+                raise SchemaChangedError(
+                    f"dataset {schema.name} version {schema.version}: its fields differ from the ones "
+                    f"the store {self.url} holds for that version. Increase the version "
+                    f"(@dataset(version={schema.version + 1})) to store the new fields separately."
+                )
+        self._known.add(ident)
+
+    # -- shards -----------------------------------------------------------------------------
+
+    def shard_state(self, dataset: DatasetSchema, shard: str) -> ShardState | None:
+        try:
+            found = self._db.execute(
+                "SELECT sequence, sub_sequence, watermark_us, ended FROM thyme_shards "
+                "WHERE dataset = ? AND shard = ?",
+                (dataset.name, shard),
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise self._unavailable(exc) from exc
+        return None if found is None else _state(*found)
+
+    def apply(self, dataset: DatasetSchema, batch: Batch, expect: ShardState | None) -> Conflict | None:
+        self.ensure_dataset(dataset)
+        table = table_name(dataset)
+        now = _now_us()
+        with self._write() as db:
+            found = db.execute(
+                "SELECT sequence, sub_sequence, watermark_us, ended FROM thyme_shards "
+                "WHERE dataset = ? AND shard = ?",
+                (dataset.name, batch.shard),
+            ).fetchone()
+            current = None if found is None else _state(*found)
+            if current != expect:
+                return Conflict(current)
+            if batch.rows:
+                db.executemany(
+                    f'INSERT INTO "{table}" (key, ts, row) VALUES (?, ?, ?)',
+                    [(r.key, r.ts_us, r.data) for r in batch.rows],
+                )
+            if batch.dead_letters:
+                db.executemany(
+                    "INSERT INTO thyme_dead_letters (dataset, shard, sequence, sub_sequence, "
+                    "partition_key, arrival_ms, reason, raw, recorded_at_us) VALUES (?,?,?,?,?,?,?,?,?)",
+                    [
+                        (dataset.name, d.shard, d.sequence, d.sub_sequence, d.partition_key,
+                         d.arrival_ms, d.reason, d.raw, now)
+                        for d in batch.dead_letters
+                    ],
+                )
+            state = batch.state
+            position = state.position
+            db.execute(
+                "INSERT INTO thyme_shards (dataset, shard, sequence, sub_sequence, watermark_us, ended, "
+                "applied, dead_lettered, updated_at_us) VALUES (?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT (dataset, shard) DO UPDATE SET sequence = excluded.sequence, "
+                "sub_sequence = excluded.sub_sequence, watermark_us = excluded.watermark_us, "
+                "ended = excluded.ended, applied = applied + excluded.applied, "
+                "dead_lettered = dead_lettered + excluded.dead_lettered, updated_at_us = excluded.updated_at_us",
+                (
+                    dataset.name, batch.shard,
+                    None if position is None else str(position.sequence),
+                    None if position is None else position.sub_sequence,
+                    state.watermark_us, int(state.ended),
+                    len(batch.rows), len(batch.dead_letters), now,
+                ),
+            )
+        return None
+
+    def shards(self, dataset: DatasetSchema) -> list[ShardSummary]:
+        rows = self._db.execute(
+            "SELECT shard, sequence, sub_sequence, watermark_us, ended, applied, dead_lettered, "
+            "updated_at_us FROM thyme_shards WHERE dataset = ? ORDER BY shard",
+            (dataset.name,),
+        ).fetchall()
+        return [
+            ShardSummary(dataset.name, shard, _state(seq, sub, wm, ended), applied, dead, updated)
+            for shard, seq, sub, wm, ended, applied, dead, updated in rows
+        ]
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def lookup(self, dataset: DatasetSchema, key: Key, at_us: int) -> str | None:
+        self.ensure_dataset(dataset)
+        found = self._db.execute(
+            f'SELECT row FROM "{table_name(dataset)}" WHERE key = ? AND ts <= ? '
+            "ORDER BY ts DESC, rowid DESC LIMIT 1",
+            (key, at_us),
+        ).fetchone()
+        return None if found is None else str(found[0])
+
+    def count_rows(self, dataset: DatasetSchema) -> int:
+        self.ensure_dataset(dataset)
+        return int(self._db.execute(f'SELECT count(*) FROM "{table_name(dataset)}"').fetchone()[0])
+
+    def dead_letters(
+        self, dataset: DatasetSchema, reason: str | None = None, limit: int = 1000
+    ) -> list[DeadLetter]:
+        sql = (
+            "SELECT shard, sequence, sub_sequence, partition_key, raw, reason, arrival_ms, recorded_at_us "
+            "FROM thyme_dead_letters WHERE dataset = ?"
+        )
+        args: tuple[object, ...] = (dataset.name,)
+        if reason is not None:
+            sql += " AND reason = ?"
+            args += (reason,)
+        rows = self._db.execute(sql + " ORDER BY id LIMIT ?", (*args, limit)).fetchall()
+        return [DeadLetter(s, q, ss, pk, bytes(raw), r, a, t) for s, q, ss, pk, raw, r, a, t in rows]
+
+    def dead_letter_counts(self, dataset: DatasetSchema) -> dict[str, int]:
+        rows = self._db.execute(
+            "SELECT reason, count(*) FROM thyme_dead_letters WHERE dataset = ? GROUP BY reason ORDER BY reason",
+            (dataset.name,),
+        ).fetchall()
+        return {reason: int(n) for reason, n in rows}
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _state(sequence: str | None, sub: int | None, watermark: int | None, ended: int) -> ShardState:
+    position = None if sequence is None else Position(int(sequence), sub or 0)
+    return ShardState(position=position, watermark_us=watermark, ended=bool(ended))
