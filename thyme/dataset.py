@@ -22,7 +22,7 @@ import types
 import typing
 from collections.abc import Callable
 from datetime import date, datetime
-from typing import Any, ClassVar, Final, Generic, Literal, TypeVar, overload
+from typing import Annotated, Any, ClassVar, Final, Literal, TypeAlias, TypeVar, dataclass_transform, overload
 
 from pydantic import BaseModel, ConfigDict
 
@@ -32,8 +32,13 @@ T = TypeVar("T")
 C = TypeVar("C", bound=type)
 
 
-class Field(Generic[T]):
-    """Annotation marker: ``user_id: Field[str]`` is the same as ``user_id: str``."""
+class _FieldMarker:
+    def __repr__(self) -> str:
+        return "thyme.Field"
+
+
+Field: TypeAlias = Annotated[T, _FieldMarker()]
+"""Annotation marker: ``user_id: Field[str]`` is ``user_id: str`` to type checkers and to Thyme."""
 
 
 class _FieldOptions:
@@ -133,8 +138,8 @@ _NAME: Final = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,62}")
 def _type_spec(annotation: object, where: str) -> TypeSpec:
     """Translate one annotation into a :class:`TypeSpec`, or raise naming the field."""
     origin = typing.get_origin(annotation)
-    if origin is Field:
-        (annotation,) = typing.get_args(annotation)
+    if origin is Annotated:  # Field[T], or the user's own Annotated[T, ...]
+        annotation = typing.get_args(annotation)[0]
         origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         members = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -250,10 +255,15 @@ def _install_value_methods(cls: type, schema: DatasetSchema) -> None:
         if isinstance(cls.__dict__.get(attr), _FieldOptions):
             delattr(cls, attr)
 
+    optional = {f.name for f in schema.fields if f.type.optional}
+
     def __init__(self: Any, **values: Any) -> None:  # noqa: N807
         unknown = set(values) - set(names)
         if unknown:
             raise TypeError(f"{schema.name}() got unexpected fields: {', '.join(sorted(unknown))}")
+        missing = [n for n in names if n not in values and n not in optional]
+        if missing:
+            raise TypeError(f"{schema.name}() is missing fields: {', '.join(missing)}")
         for n in names:
             setattr(self, n, values.get(n))
 
@@ -285,6 +295,7 @@ def _install_value_methods(cls: type, schema: DatasetSchema) -> None:
 
 
 @overload
+@dataclass_transform(kw_only_default=True, field_specifiers=(field,))
 def dataset(cls: C, /) -> C: ...
 @overload
 def dataset(*, index: bool = False, version: int = 1) -> Callable[[C], C]: ...

@@ -1,0 +1,176 @@
+"""The store contract: as-of lookups, atomic compare-and-set batches, replays, concurrency."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.factories import ClickEvent, schema_of
+from thyme.errors import SchemaChangedError, StoreConfigError, StoreUnavailableError
+from thyme.lookup import lookup
+from thyme.store import (
+    Batch,
+    Conflict,
+    DeadLetter,
+    Position,
+    Row,
+    ShardState,
+    Store,
+    open_store,
+    redact_url,
+)
+
+SCHEMA = schema_of(ClickEvent)
+T0 = datetime(2024, 5, 1, 12, tzinfo=UTC)
+
+
+def us(moment: datetime) -> int:
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+def row(key: str, page: str, moment: datetime) -> Row:
+    data = json.dumps({"user_id": key, "page": page, "timestamp": moment.isoformat().replace("+00:00", "Z")})
+    return Row(key, us(moment), data)
+
+
+def state(seq: int, wm: datetime | None = None) -> ShardState:
+    return ShardState(Position(seq, 0), None if wm is None else us(wm))
+
+
+def test_lookup_as_of_ties_and_missing(store: Store) -> None:
+    rows = [
+        row("u1", "/a", T0),
+        row("u1", "/b", T0 + timedelta(minutes=1)),
+        row("u1", "/c", T0 + timedelta(minutes=1)),  # same event time: stream order decides
+        row("u1", "/old", T0 - timedelta(minutes=1)),  # arrives later, older event time
+        row("u2", "/x", T0),
+    ]
+    assert store.apply(SCHEMA, Batch("shard-0", state(5, T0), rows), None) is None
+    def at(key: str, moment: datetime | None = None) -> str | None:
+        found = lookup(ClickEvent, key, at=moment, store=store)
+        return None if found is None else found.page
+    assert at("u1") == "/c"
+    assert at("u1", T0 + timedelta(seconds=59)) == "/a"
+    assert at("u1", T0 - timedelta(seconds=1)) == "/old"
+    assert at("u1", T0 - timedelta(minutes=2)) is None
+    assert at("u2") == "/x"
+    assert at("nobody") is None
+    found = ClickEvent.lookup("u2", store=store)  # type: ignore[attr-defined]
+    assert found == ClickEvent(user_id="u2", page="/x", timestamp=T0)
+    assert found.timestamp.tzinfo is not None
+    assert store.count_rows(SCHEMA) == 5
+
+
+def test_apply_is_compare_and_set_and_replays_change_nothing(store: Store) -> None:
+    first = Batch("s", state(10, T0), [row("u1", "/a", T0)],
+                  [DeadLetter("s", "9", 0, "pk", b"\xff", "invalid_utf8", 1)])
+    assert store.apply(SCHEMA, first, None) is None
+    # the same batch again, computed from the old state: refused, nothing written
+    conflict = store.apply(SCHEMA, first, None)
+    assert conflict == Conflict(state(10, T0))
+    assert store.count_rows(SCHEMA) == 1
+    assert store.dead_letter_counts(SCHEMA) == {"invalid_utf8": 1}
+    assert store.shard_state(SCHEMA, "s") == state(10, T0)
+    second = Batch("s", state(20, T0), [row("u1", "/b", T0)])
+    assert store.apply(SCHEMA, second, state(10, T0)) is None
+    assert store.shard_state(SCHEMA, "s") == state(20, T0)
+    (summary,) = store.shards(SCHEMA)
+    assert (summary.shard, summary.applied, summary.dead_lettered) == ("s", 2, 1)
+    assert store.shard_state(SCHEMA, "other") is None
+
+
+def test_dead_letters_keep_raw_bytes(store: Store) -> None:
+    raw = bytes(range(256))
+    letter = DeadLetter("s", "123", 4, "pk", raw, "invalid_utf8", 1_714_564_800_000)
+    assert store.apply(SCHEMA, Batch("s", state(123), [], [letter]), None) is None
+    (back,) = store.dead_letters(SCHEMA)
+    assert (back.raw, back.sequence, back.sub_sequence, back.reason, back.arrival_ms) == (
+        raw, "123", 4, "invalid_utf8", 1_714_564_800_000,
+    )
+    assert back.recorded_at_us > 0
+    assert store.dead_letters(SCHEMA, reason="late") == []
+
+
+def test_sequence_numbers_compare_as_numbers(store: Store) -> None:
+    big = 49_590_338_271_490_256_608_559_692_538_361_571_095_921_575_989_136_588_898
+    s = ShardState(Position(big, 3), 1)
+    assert store.apply(SCHEMA, Batch("s", s), None) is None
+    assert store.shard_state(SCHEMA, "s") == s
+    assert Position(9, 0) < Position(10, 0) < Position(10, 1)
+
+
+def test_changed_schema_is_refused(store_url: str) -> None:
+    db = open_store(store_url)
+    db.ensure_dataset(SCHEMA)
+    db.close()
+    changed = SCHEMA.model_copy(update={"fields": SCHEMA.fields[:1] + SCHEMA.fields[2:]})
+    db = open_store(store_url)
+    with pytest.raises(SchemaChangedError) as info:
+        db.ensure_dataset(changed)
+    assert "Increase the version (@dataset(version=2))" in str(info.value)
+    db.ensure_dataset(changed.model_copy(update={"version": 2}))  # a new version is its own table
+    db.close()
+
+
+def test_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    open_store("sqlite:///rel.db").close()
+    assert (tmp_path / "rel.db").exists()
+    monkeypatch.setenv("THYME_STORE_URL", f"sqlite:///{tmp_path}/env.db")
+    open_store().close()
+    assert (tmp_path / "env.db").exists()
+    with pytest.raises(StoreConfigError) as info:
+        open_store("postgres://bob:hunter2@db/thyme")
+    assert "hunter2" not in str(info.value)
+    assert str(info.value) == (
+        "store URL: unsupported store scheme 'postgres' (got 'postgres://bob:***@db/thyme'). "
+        "Use sqlite:///path/to/thyme.db."
+    )
+    with pytest.raises(StoreConfigError, match="unknown SQLite option"):
+        open_store("sqlite:///x.db?journal=off")
+    assert redact_url("postgresql://u:p%40ss@h:5432/d") == "postgresql://u:***@h:5432/d"
+    assert redact_url("sqlite:///a.db") == "sqlite:///a.db"
+
+
+def test_locked_store_is_unavailable_not_silently_wrong(tmp_path: Path) -> None:
+    path = tmp_path / "thyme.db"
+    db = open_store(f"sqlite:///{path}?busy_timeout_ms=200")
+    db.ensure_dataset(SCHEMA)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    with pytest.raises(StoreUnavailableError, match="held the write lock for more than 200 ms"):
+        db.apply(SCHEMA, Batch("s", state(1), [row("u", "/", T0)]), None)
+    holder.execute("ROLLBACK")
+    assert db.apply(SCHEMA, Batch("s", state(1), [row("u", "/", T0)]), None) is None
+    assert db.count_rows(SCHEMA) == 1
+
+
+def _writer(url: str, shard: str, batches: int, per_batch: int) -> None:
+    db = open_store(url)
+    expect: ShardState | None = None
+    for b in range(batches):
+        rows = [row(f"{shard}-{b}-{i}", "/", T0 + timedelta(seconds=i)) for i in range(per_batch)]
+        new = state(b + 1, T0)
+        assert db.apply(SCHEMA, Batch(shard, new, rows), expect) is None
+        expect = new
+    db.close()
+
+
+def test_two_processes_write_concurrently_without_lock_errors(store_url: str) -> None:
+    open_store(store_url).close()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(store_url, f"shard-{n}", 40, 500)) for n in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    db = open_store(store_url)
+    assert db.count_rows(SCHEMA) == 2 * 40 * 500
+    assert {s.shard: s.applied for s in db.shards(SCHEMA)} == {"shard-0": 20_000, "shard-1": 20_000}
+    db.close()
