@@ -15,6 +15,7 @@ from thyme.store import open_store, redact_url, store_url
 
 ENV_CONFIG = "THYME_PROCESSOR_CONFIG"
 ENV_DATASET = "THYME_DATASET"
+ENV_GIVE_UP = "THYME_STORE_GIVE_UP_AFTER_S"
 
 
 def build_worker(config: ProcessorConfig) -> ShardWorker:
@@ -32,6 +33,10 @@ def load_config(argv: list[str] | None = None) -> ProcessorConfig:
     parser.add_argument("--config", default=os.environ.get(ENV_CONFIG), help=f"processor config JSON (${ENV_CONFIG})")
     parser.add_argument("--dataset", default=os.environ.get(ENV_DATASET), help=f"MODULE:DATASET (${ENV_DATASET})")
     parser.add_argument("--store", default=None, help="store URL (default: $THYME_STORE_URL or sqlite:///thyme.db)")
+    parser.add_argument(
+        "--give-up-after", type=float, default=os.environ.get(ENV_GIVE_UP) or None, metavar="SECONDS",
+        help=f"how long to retry a batch against an unavailable store before exiting (${ENV_GIVE_UP}, default 120)",
+    )
     args = parser.parse_args(argv)
     if args.config:
         config = ProcessorConfig.from_file(args.config)
@@ -43,6 +48,8 @@ def load_config(argv: list[str] | None = None) -> ProcessorConfig:
         parser.error(f"give --config or --dataset (or set {ENV_CONFIG} / {ENV_DATASET})")
     if args.store:
         config = config.model_copy(update={"store_url": args.store})
+    if args.give_up_after is not None:
+        config = config.model_copy(update={"retry_give_up_after_s": float(args.give_up_after)})
     return config
 
 

@@ -9,6 +9,7 @@ from datetime import date, datetime
 from typing import Any
 
 from thyme import Field, dataset, field
+from thyme.connectors import KinesisSource, source
 from thyme.dataset import DatasetSchema, dataset_schema
 
 SEQ_BASE = 49_590_338_271_490_256_608_559_692_538_361_571_095_921_575_989_136_588_898
@@ -65,3 +66,14 @@ def record_message(
 
 def process_records(records: Iterable[dict[str, Any]], millis_behind: int = 0) -> str:
     return json.dumps({"action": "processRecords", "records": list(records), "millisBehindLatest": millis_behind})
+
+
+@source(
+    KinesisSource(stream_arn="arn:aws:kinesis:us-east-1:123456789012:stream/clicks", init_position="trim_horizon"),
+    max_lateness="5m",
+)
+@dataset(index=True)
+class SourcedClick:
+    user_id: Field[str] = field(key=True)
+    page: Field[str] = field()
+    timestamp: Field[datetime] = field(timestamp=True)
