@@ -9,6 +9,7 @@ import sys
 from record_processor import log as child_log
 from record_processor.config import ProcessorConfig
 from record_processor.lateness import LatenessPolicy
+from record_processor.lineage import parent_watermark_from_leases
 from record_processor.processor import RetryPolicy, ShardWorker
 from thyme.errors import ThymeError
 from thyme.store import open_store, redact_url, store_url
@@ -20,11 +21,18 @@ ENV_GIVE_UP = "THYME_STORE_GIVE_UP_AFTER_S"
 
 def build_worker(config: ProcessorConfig) -> ShardWorker:
     """A :class:`ShardWorker` for ``config`` with its store opened."""
+    store = open_store(config.store_url)
+    parents = None
+    if config.lease_table and config.region:
+        parents = parent_watermark_from_leases(
+            store, config.dataset, config.lease_table, config.region, config.dynamodb_endpoint_url
+        )
     return ShardWorker(
         config.dataset,
         LatenessPolicy(config.max_lateness, config.max_future_skew),
-        open_store(config.store_url),
+        store,
         RetryPolicy(give_up_after_s=config.retry_give_up_after_s),
+        parent_watermark=parents,
     )
 
 
@@ -34,7 +42,10 @@ def load_config(argv: list[str] | None = None) -> ProcessorConfig:
     parser.add_argument("--dataset", default=os.environ.get(ENV_DATASET), help=f"MODULE:DATASET (${ENV_DATASET})")
     parser.add_argument("--store", default=None, help="store URL (default: $THYME_STORE_URL or sqlite:///thyme.db)")
     parser.add_argument(
-        "--give-up-after", type=float, default=os.environ.get(ENV_GIVE_UP) or None, metavar="SECONDS",
+        "--give-up-after",
+        type=float,
+        default=os.environ.get(ENV_GIVE_UP) or None,
+        metavar="SECONDS",
         help=f"how long to retry a batch against an unavailable store before exiting (${ENV_GIVE_UP}, default 120)",
     )
     args = parser.parse_args(argv)

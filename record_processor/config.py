@@ -33,6 +33,12 @@ class ProcessorConfig(BaseModel):
     """The store; None: ``THYME_STORE_URL`` or the default SQLite file."""
     retry_give_up_after_s: float = 120.0
     """How long a batch is retried against an unavailable store before the child exits."""
+    lease_table: str | None = None
+    """The KCL lease table, where a new shard's parents are found (their watermark is inherited)."""
+    region: str | None = None
+    """Region of the lease table."""
+    dynamodb_endpoint_url: str | None = None
+    """DynamoDB endpoint override (local stacks)."""
 
     @property
     def max_lateness(self) -> timedelta | None:

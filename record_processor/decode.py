@@ -107,7 +107,11 @@ def _msgspec_type(spec: TypeSpec) -> Any:
         base = dict[str, _msgspec_type(spec.item)]  # type: ignore[misc]
     else:
         base = {
-            "str": str, "int": _Int64, "float": float, "bool": bool, "date": date,
+            "str": str,
+            "int": _Int64,
+            "float": float,
+            "bool": bool,
+            "date": date,
             "datetime": datetime | _Int64 | float,
         }[spec.kind]
     return base | None if spec.optional else base

@@ -68,30 +68,30 @@ class KclProcessor(v3.RecordProcessorBase):  # type: ignore[misc]
     def process_records(self, process_records_input: ProcessRecordsInput) -> None:
         delivered = process_records_input.records
         records = [
-            InputRecord(
-                r.data, r.partition_key, r.sequence_number, r.sub_sequence_number or 0, r.timestamp_millis
-            )
+            InputRecord(r.data, r.partition_key, r.sequence_number, r.sub_sequence_number or 0, r.timestamp_millis)
             for r in delivered
         ]
         started = time.perf_counter()
         outcome = _guard(lambda: self.worker.process(records))
         log.info(
             "batch applied",
-            extra={"fields": {
-                "first": records[0].sequence if records else None,
-                "last": records[-1].sequence if records else None,
-                "received": outcome.received, "applied": outcome.applied,
-                "replayed": outcome.replayed, "dead_letters": dict(outcome.dead_letters),
-                "attempts": outcome.attempts,
-                "millis_behind_latest": process_records_input.millis_behind_latest,
-                "seconds": round(time.perf_counter() - started, 4),
-            }},
+            extra={
+                "fields": {
+                    "first": records[0].sequence if records else None,
+                    "last": records[-1].sequence if records else None,
+                    "received": outcome.received,
+                    "applied": outcome.applied,
+                    "replayed": outcome.replayed,
+                    "dead_letters": dict(outcome.dead_letters),
+                    "attempts": outcome.attempts,
+                    "millis_behind_latest": process_records_input.millis_behind_latest,
+                    "seconds": round(time.perf_counter() - started, 4),
+                }
+            },
         )
         if outcome.last is not None:
             self._last = outcome.last
-            self._checkpoint(
-                process_records_input.checkpointer, str(outcome.last.sequence), outcome.last.sub_sequence
-            )
+            self._checkpoint(process_records_input.checkpointer, str(outcome.last.sequence), outcome.last.sub_sequence)
 
     def lease_lost(self, lease_lost_input: LeaseLostInput) -> None:
         log.info("lease lost; another worker owns the shard now (no checkpoint)")
@@ -106,9 +106,7 @@ class KclProcessor(v3.RecordProcessorBase):  # type: ignore[misc]
         # checkpoint at the last delivered record is safe and speeds up the hand-over.
         if self._last is not None:
             log.info("shutdown requested; checkpointing the last applied record")
-            self._checkpoint(
-                shutdown_requested_input.checkpointer, str(self._last.sequence), self._last.sub_sequence
-            )
+            self._checkpoint(shutdown_requested_input.checkpointer, str(self._last.sequence), self._last.sub_sequence)
 
     def _checkpoint(self, checkpointer: kcl.Checkpointer, sequence: str | None, sub: int | None) -> None:
         """Checkpoint; retry throttling; a lost lease is not an error (the store has the data)."""

@@ -118,10 +118,14 @@ class ShardWorker:
             self._inherited_watermark = self._parent_watermark(shard)
         log.info(
             "shard initialised",
-            extra={"fields": {
-                "position": None if self.stored is None or self.stored.position is None else str(self.stored.position),
-                "watermark_us": self._base().watermark_us,
-            }},
+            extra={
+                "fields": {
+                    "position": None
+                    if self.stored is None or self.stored.position is None
+                    else str(self.stored.position),
+                    "watermark_us": self._base().watermark_us,
+                }
+            },
         )
 
     def process(self, records: Sequence[InputRecord]) -> BatchOutcome:
@@ -211,10 +215,17 @@ class ShardWorker:
                 log.exception("unexpected error decoding a record; dead-lettered")
                 reason = f"internal_error: {type(exc).__name__}"
             assert isinstance(raw, bytes)
-            dead.append(DeadLetter(
-                self.shard, record.sequence, record.sub_sequence, record.partition_key,
-                raw, reason, record.arrival_ms,
-            ))
+            dead.append(
+                DeadLetter(
+                    self.shard,
+                    record.sequence,
+                    record.sub_sequence,
+                    record.partition_key,
+                    raw,
+                    reason,
+                    record.arrival_ms,
+                )
+            )
             outcome.dead_letters[_reason_class(reason)] += 1
         outcome.applied = len(rows)
         if records:
@@ -222,9 +233,7 @@ class ShardWorker:
         state = ShardState(position=last, watermark_us=watermark, ended=base.ended)
         return Batch(self.shard, state, rows, dead), outcome
 
-    def _backoff(
-        self, started: float, attempts: int, exc: StoreUnavailableError, what: str = "batch"
-    ) -> None:
+    def _backoff(self, started: float, attempts: int, exc: StoreUnavailableError, what: str = "batch") -> None:
         elapsed = self._clock() - started
         if elapsed >= self.retry.give_up_after_s:
             raise BatchFailedError(

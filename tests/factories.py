@@ -59,8 +59,12 @@ def record_message(
 ) -> dict[str, Any]:
     """One ``record`` object of a ``processRecords`` message, as the daemon writes it."""
     return {
-        "action": "record", "data": b64(payload), "partitionKey": key, "sequenceNumber": seq(n),
-        "subSequenceNumber": sub, "approximateArrivalTimestamp": arrival_ms,
+        "action": "record",
+        "data": b64(payload),
+        "partitionKey": key,
+        "sequenceNumber": seq(n),
+        "subSequenceNumber": sub,
+        "approximateArrivalTimestamp": arrival_ms,
     }
 
 

@@ -30,9 +30,7 @@ def test_accepts_and_normalises_to_utc() -> None:
     assert result == Accepted("u1", T0_US, '{"user_id":"u1","page":"/home","timestamp":"2024-05-01T12:00:00Z"}')
 
 
-@pytest.mark.parametrize(
-    "epoch", [1714564800, 1714564800.0, 1714564800000, 1714564800000000, 1714564800000000000]
-)
+@pytest.mark.parametrize("epoch", [1714564800, 1714564800.0, 1714564800000, 1714564800000000, 1714564800000000000])
 def test_epoch_units_by_magnitude(epoch: float) -> None:
     result = CLICKS.decode(click(timestamp=epoch))
     assert isinstance(result, Accepted)
@@ -65,7 +63,10 @@ def test_fractional_epoch_seconds_keep_microseconds() -> None:
         (click(user_id=7), "schema: user_id: expected str, got int"),
         (click(user_id=None), "schema: user_id: expected str, got null"),
         (click(page=["a"]), "schema: page: expected str, got array"),
-        (click(timestamp="2024-05-01T12:00:00"), 'schema: timestamp: timestamp has no time zone; add "Z" or an offset such as "+00:00"'),
+        (
+            click(timestamp="2024-05-01T12:00:00"),
+            'schema: timestamp: timestamp has no time zone; add "Z" or an offset such as "+00:00"',
+        ),
         (click(timestamp="yesterday"), "schema: timestamp: invalid RFC3339 encoded datetime"),
         (click(timestamp=True), "schema: timestamp: expected int | float | datetime, got bool"),
         (b'{"user_id":"u","page":"/","timestamp":1e400}', "schema: timestamp: number out of range"),
@@ -79,8 +80,15 @@ def test_bad_records(raw: bytes, reason: str) -> None:
 
 def purchase(**overrides: object) -> bytes:
     body: dict[str, object] = {
-        "order_id": 42, "ts": "2024-05-01T12:00:00Z", "amount": 9.5, "paid": True, "day": "2024-05-01",
-        "coupon": None, "items": ["a", "b"], "attrs": {"n": 1}, "seen": ["2024-05-01T13:00:00+01:00", 1714564800],
+        "order_id": 42,
+        "ts": "2024-05-01T12:00:00Z",
+        "amount": 9.5,
+        "paid": True,
+        "day": "2024-05-01",
+        "coupon": None,
+        "items": ["a", "b"],
+        "attrs": {"n": 1},
+        "seen": ["2024-05-01T13:00:00+01:00", 1714564800],
     }
     body.update(overrides)
     return json.dumps({k: v for k, v in body.items() if v is not ...}).encode()
@@ -91,8 +99,14 @@ def test_every_type() -> None:
     assert isinstance(result, Accepted)
     assert result.key == 42
     assert json.loads(result.data) == {
-        "order_id": 42, "ts": "2024-05-01T12:00:00Z", "amount": 3.0, "paid": True, "day": "2024-05-01",
-        "coupon": None, "items": ["a", "b"], "attrs": {"n": 1},
+        "order_id": 42,
+        "ts": "2024-05-01T12:00:00Z",
+        "amount": 3.0,
+        "paid": True,
+        "day": "2024-05-01",
+        "coupon": None,
+        "items": ["a", "b"],
+        "attrs": {"n": 1},
         "seen": ["2024-05-01T12:00:00Z", "2024-05-01T12:00:00Z"],
     }
 
@@ -110,7 +124,10 @@ def test_every_type() -> None:
         ({"items": "a"}, "schema: items: expected array, got str"),
         ({"items": ["a", 1]}, "schema: items[1]: expected str, got int"),
         ({"attrs": {"n": "x"}}, "schema: attrs[...]: expected int, got str"),
-        ({"seen": ["2024-05-01T12:00:00"]}, 'schema: seen[]: timestamp has no time zone; add "Z" or an offset such as "+00:00"'),
+        (
+            {"seen": ["2024-05-01T12:00:00"]},
+            'schema: seen[]: timestamp has no time zone; add "Z" or an offset such as "+00:00"',
+        ),
     ],
 )
 def test_every_type_wrong(overrides: dict[str, object], reason: str) -> None:

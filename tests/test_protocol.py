@@ -39,7 +39,9 @@ def click(user: str, minutes: float, page: str = "/") -> dict[str, Any]:
 
 
 def initialize(shard: str = SHARD) -> str:
-    return json.dumps({"action": "initialize", "shardId": shard, "sequenceNumber": "TRIM_HORIZON", "subSequenceNumber": 0})
+    return json.dumps(
+        {"action": "initialize", "shardId": shard, "sequenceNumber": "TRIM_HORIZON", "subSequenceNumber": 0}
+    )
 
 
 def checkpoint_reply(sequence: str | None, sub: int | None = 0, error: str | None = None) -> str:
@@ -97,31 +99,39 @@ def test_full_lifecycle_exact_replies_and_store(store: Store) -> None:
     batch2 = [record_message(13, click(f"kpl{i}", 31), ARRIVAL_MS + 1_900_000, sub=i) for i in range(3)]
     lines = [
         initialize(),
-        process_records(batch1), checkpoint_reply(seq(12)),
-        process_records(batch2), checkpoint_reply(seq(13), 2),
-        process_records(batch1 + batch2), checkpoint_reply(seq(13), 2),  # a replay
-        json.dumps({"action": "shardEnded"}), checkpoint_reply(None, None),
+        process_records(batch1),
+        checkpoint_reply(seq(12)),
+        process_records(batch2),
+        checkpoint_reply(seq(13), 2),
+        process_records(batch1 + batch2),
+        checkpoint_reply(seq(13), 2),  # a replay
+        json.dumps({"action": "shardEnded"}),
+        checkpoint_reply(None, None),
     ]
     assert drive(store, lines) == [
         status("initialize"),
-        checkpoint(seq(12), 0), status("processRecords"),
-        checkpoint(seq(13), 2), status("processRecords"),
-        checkpoint(seq(13), 2), status("processRecords"),
-        checkpoint(None, None), status("shardEnded"),
+        checkpoint(seq(12), 0),
+        status("processRecords"),
+        checkpoint(seq(13), 2),
+        status("processRecords"),
+        checkpoint(seq(13), 2),
+        status("processRecords"),
+        checkpoint(None, None),
+        status("shardEnded"),
     ]
     assert store.dead_letter_counts(SCHEMA) == {
         "future_timestamp": 1,
         "invalid_json": 2,
         "invalid_utf8": 1,
         "late": 1,
-        "schema: timestamp: timestamp has no time zone; add \"Z\" or an offset such as \"+00:00\"": 1,
+        'schema: timestamp: timestamp has no time zone; add "Z" or an offset such as "+00:00"': 1,
         "schema: user_id: expected str, got int": 1,
         "schema: user_id: missing": 1,
     }
     assert store.count_rows(SCHEMA) == 7  # u1 twice, ms, ns, and the three KPL users
-    assert {k: lookup(ClickEvent, k, store=store) is not None for k in ("u1", "ms", "ns", "kpl0", "kpl2")} == dict.fromkeys(
-        ("u1", "ms", "ns", "kpl0", "kpl2"), True
-    )
+    assert {
+        k: lookup(ClickEvent, k, store=store) is not None for k in ("u1", "ms", "ns", "kpl0", "kpl2")
+    } == dict.fromkeys(("u1", "ms", "ns", "kpl0", "kpl2"), True)
     assert lookup(ClickEvent, "u1", store=store).page == "/b"  # type: ignore[union-attr]
     assert lookup(ClickEvent, "u1", at=T0 + timedelta(minutes=1), store=store).page == "/a"  # type: ignore[union-attr]
     state = store.shard_state(SCHEMA, SHARD)
@@ -131,20 +141,28 @@ def test_full_lifecycle_exact_replies_and_store(store: Store) -> None:
     # logs went to stderr as JSON lines, with the shard id
     logs = [json.loads(line) for line in drive.stderr.splitlines()]  # type: ignore[attr-defined]
     applied = [entry for entry in logs if entry["message"] == "batch applied"]
-    assert [(e["shard"], e["applied"], e["replayed"]) for e in applied] == [(SHARD, 4, 0), (SHARD, 3, 0), (SHARD, 0, 15)]
+    assert [(e["shard"], e["applied"], e["replayed"]) for e in applied] == [
+        (SHARD, 4, 0),
+        (SHARD, 3, 0),
+        (SHARD, 0, 15),
+    ]
 
 
 def test_lease_lost_and_shutdown_requested(store: Store) -> None:
     lines = [
         initialize(),
-        process_records([record_message(1, click("u1", 0), ARRIVAL_MS)]), checkpoint_reply(seq(1)),
-        json.dumps({"action": "shutdownRequested"}), checkpoint_reply(seq(1)),
+        process_records([record_message(1, click("u1", 0), ARRIVAL_MS)]),
+        checkpoint_reply(seq(1)),
+        json.dumps({"action": "shutdownRequested"}),
+        checkpoint_reply(seq(1)),
         json.dumps({"action": "leaseLost"}),
     ]
     assert drive(store, lines) == [
         status("initialize"),
-        checkpoint(seq(1), 0), status("processRecords"),
-        checkpoint(seq(1), 0), status("shutdownRequested"),
+        checkpoint(seq(1), 0),
+        status("processRecords"),
+        checkpoint(seq(1), 0),
+        status("shutdownRequested"),
         status("leaseLost"),
     ]
 
@@ -167,10 +185,14 @@ def test_throttled_checkpoint_is_retried(store: Store) -> None:
     lines = [
         initialize(),
         process_records([record_message(1, click("u1", 0), ARRIVAL_MS)]),
-        checkpoint_reply(None, None, error="ThrottlingException"), checkpoint_reply(seq(1)),
+        checkpoint_reply(None, None, error="ThrottlingException"),
+        checkpoint_reply(seq(1)),
     ]
     assert drive(store, lines) == [
-        status("initialize"), checkpoint(seq(1), 0), checkpoint(seq(1), 0), status("processRecords"),
+        status("initialize"),
+        checkpoint(seq(1), 0),
+        checkpoint(seq(1), 0),
+        status("processRecords"),
     ]
 
 
@@ -206,7 +228,12 @@ def start_child(store_url: str, *extra: str) -> subprocess.Popen[str]:
     env = {**os.environ, "THYME_STORE_URL": store_url, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
         [sys.executable, "-m", "record_processor", "--dataset", "tests.factories:SourcedClick", *extra],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
     )
 
 

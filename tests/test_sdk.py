@@ -73,8 +73,15 @@ def test_dataset_accepts_every_supported_type_plain_or_field() -> None:
     assert schema.version == 3
     assert schema.index is False
     assert {f.name: f.type.describe() for f in schema.fields} == {
-        "k": "int", "ts": "datetime", "s": "str", "f": "float", "b": "bool", "d": "date",
-        "o": "Optional[str]", "o2": "Optional[int]", "tags": "list[str]",
+        "k": "int",
+        "ts": "datetime",
+        "s": "str",
+        "f": "float",
+        "b": "bool",
+        "d": "date",
+        "o": "Optional[str]",
+        "o2": "Optional[int]",
+        "tags": "list[str]",
         "attrs": "dict[str, list[Optional[float]]]",
     }
     assert schema.key_field.name == "k"
@@ -112,7 +119,8 @@ def test_dict_keys_must_be_strings() -> None:
     ("annotations", "body", "message"),
     [
         (
-            {"k": str, "ts": datetime}, {"ts": field(timestamp=True)},
+            {"k": str, "ts": datetime},
+            {"ts": field(timestamp=True)},
             "@dataset on Bad: a dataset needs exactly one key field, found none. "
             "Mark one field, for example `user_id: Field[str] = field(key=True)`.",
         ),
@@ -123,41 +131,48 @@ def test_dict_keys_must_be_strings() -> None:
             "Mark one field, for example `user_id: Field[str] = field(key=True)`.",
         ),
         (
-            {"k": str, "ts": datetime}, {"k": field(key=True)},
+            {"k": str, "ts": datetime},
+            {"k": field(key=True)},
             "@dataset on Bad: a dataset needs exactly one timestamp field, found none. "
             "Mark one field, for example `timestamp: Field[datetime] = field(timestamp=True)`.",
         ),
         (
-            {"k": Optional[str], "ts": datetime}, {"k": field(key=True), "ts": field(timestamp=True)},  # noqa: UP045
+            {"k": Optional[str], "ts": datetime},  # noqa: UP045
+            {"k": field(key=True), "ts": field(timestamp=True)},
             "Bad.k: the key field must be a non-optional str or int (got 'Optional[str]'). "
             "Declare it as Field[str] or Field[int].",
         ),
         (
-            {"k": float, "ts": datetime}, {"k": field(key=True), "ts": field(timestamp=True)},
+            {"k": float, "ts": datetime},
+            {"k": field(key=True), "ts": field(timestamp=True)},
             "Bad.k: the key field must be a non-optional str or int (got 'float'). "
             "Declare it as Field[str] or Field[int].",
         ),
         (
-            {"k": str, "ts": date}, {"k": field(key=True), "ts": field(timestamp=True)},
-            "Bad.ts: the timestamp field must be a non-optional datetime (got 'date'). "
-            "Declare it as Field[datetime].",
+            {"k": str, "ts": date},
+            {"k": field(key=True), "ts": field(timestamp=True)},
+            "Bad.ts: the timestamp field must be a non-optional datetime (got 'date'). Declare it as Field[datetime].",
         ),
         (
-            {"k": str, "ts": datetime | None}, {"k": field(key=True), "ts": field(timestamp=True)},
+            {"k": str, "ts": datetime | None},
+            {"k": field(key=True), "ts": field(timestamp=True)},
             "Bad.ts: the timestamp field must be a non-optional datetime (got 'Optional[datetime]'). "
             "Declare it as Field[datetime].",
         ),
         (
-            {"k": str, "ts": datetime}, {"k": field(key=True, timestamp=True)},
+            {"k": str, "ts": datetime},
+            {"k": field(key=True, timestamp=True)},
             "Bad.k: a field cannot be both the key and the timestamp. "
             "Use separate fields for key=True and timestamp=True.",
         ),
         (
-            {"k": str, "ts": datetime, "x": int}, {"k": field(key=True), "ts": field(timestamp=True), "x": 3},
+            {"k": str, "ts": datetime, "x": int},
+            {"k": field(key=True), "ts": field(timestamp=True), "x": 3},
             "Bad.x: dataset fields take no default values (got 3). Write `= field()` or nothing.",
         ),
         (
-            {"k": str, "ts": datetime, "x": str | int}, {"k": field(key=True), "ts": field(timestamp=True)},
+            {"k": str, "ts": datetime, "x": str | int},
+            {"k": field(key=True), "ts": field(timestamp=True)},
             "Bad.x: unsupported field type (got 'str | int'). Use one of str, int, float, bool, "
             "datetime, date, Optional[T], list[T] or dict[str, T].",
         ),
@@ -209,9 +224,16 @@ def test_backfill_is_not_supported() -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("30s", timedelta(seconds=30)), ("5m", timedelta(minutes=5)), ("1h", timedelta(hours=1)),
-     ("1d", timedelta(days=1)), ("1h30m", timedelta(minutes=90)), ("250ms", timedelta(milliseconds=250)),
-     ("0s", timedelta(0)), (timedelta(seconds=7), timedelta(seconds=7))],
+    [
+        ("30s", timedelta(seconds=30)),
+        ("5m", timedelta(minutes=5)),
+        ("1h", timedelta(hours=1)),
+        ("1d", timedelta(days=1)),
+        ("1h30m", timedelta(minutes=90)),
+        ("250ms", timedelta(milliseconds=250)),
+        ("0s", timedelta(0)),
+        (timedelta(seconds=7), timedelta(seconds=7)),
+    ],
 )
 def test_durations(text: str | timedelta, expected: timedelta) -> None:
     assert parse_duration(text, "x") == expected
@@ -232,11 +254,18 @@ def test_source_settings_and_cdc() -> None:
     klass = source(KinesisSource(ARN), max_lateness="30s", cdc="upsert", max_future_skew="10m")(_dataset())
     spec = source_spec(klass)
     assert spec is not None
-    assert (spec.max_lateness, spec.max_future_skew, spec.cdc) == (timedelta(seconds=30), timedelta(minutes=10), "upsert")
+    assert (spec.max_lateness, spec.max_future_skew, spec.cdc) == (
+        timedelta(seconds=30),
+        timedelta(minutes=10),
+        "upsert",
+    )
     assert source_spec(source(KinesisSource(ARN))(_dataset())).max_lateness is None  # type: ignore[union-attr]
     with pytest.raises(SourceError) as info:
         source(KinesisSource(ARN), cdc="merge")
-    assert str(info.value) == "@source(cdc=...): unknown change-data-capture mode (got 'merge'). Use \"append\" or \"upsert\"."
+    assert (
+        str(info.value)
+        == '@source(cdc=...): unknown change-data-capture mode (got \'merge\'). Use "append" or "upsert".'
+    )
 
 
 def test_source_must_sit_above_dataset() -> None:
@@ -433,7 +462,9 @@ def test_secret_role_is_resolved_late_and_never_shown(monkeypatch: pytest.Monkey
     with pytest.raises(SourceError) as err:
         source_.resolve()
     assert "very-secret" not in str(err.value)
-    assert str(err.value).startswith("KinesisSource(role_arn=Secret(env='MY_ROLE')): not an IAM role ARN (got <redacted>).")
+    assert str(err.value).startswith(
+        "KinesisSource(role_arn=Secret(env='MY_ROLE')): not an IAM role ARN (got <redacted>)."
+    )
     monkeypatch.setenv("MY_ROLE", ROLE)
     resolved = source_.resolve()
     assert resolved.role_arn == ROLE

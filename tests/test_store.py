@@ -51,9 +51,11 @@ def test_lookup_as_of_ties_and_missing(store: Store) -> None:
         row("u2", "/x", T0),
     ]
     assert store.apply(SCHEMA, Batch("shard-0", state(5, T0), rows), None) is None
+
     def at(key: str, moment: datetime | None = None) -> str | None:
         found = lookup(ClickEvent, key, at=moment, store=store)
         return None if found is None else found.page
+
     assert at("u1") == "/c"
     assert at("u1", T0 + timedelta(seconds=59)) == "/a"
     assert at("u1", T0 - timedelta(seconds=1)) == "/old"
@@ -67,8 +69,9 @@ def test_lookup_as_of_ties_and_missing(store: Store) -> None:
 
 
 def test_apply_is_compare_and_set_and_replays_change_nothing(store: Store) -> None:
-    first = Batch("s", state(10, T0), [row("u1", "/a", T0)],
-                  [DeadLetter("s", "9", 0, "pk", b"\xff", "invalid_utf8", 1)])
+    first = Batch(
+        "s", state(10, T0), [row("u1", "/a", T0)], [DeadLetter("s", "9", 0, "pk", b"\xff", "invalid_utf8", 1)]
+    )
     assert store.apply(SCHEMA, first, None) is None
     # the same batch again, computed from the old state: refused, nothing written
     conflict = store.apply(SCHEMA, first, None)
@@ -90,7 +93,11 @@ def test_dead_letters_keep_raw_bytes(store: Store) -> None:
     assert store.apply(SCHEMA, Batch("s", state(123), [], [letter]), None) is None
     (back,) = store.dead_letters(SCHEMA)
     assert (back.raw, back.sequence, back.sub_sequence, back.reason, back.arrival_ms) == (
-        raw, "123", 4, "invalid_utf8", 1_714_564_800_000,
+        raw,
+        "123",
+        4,
+        "invalid_utf8",
+        1_714_564_800_000,
     )
     assert back.recorded_at_us > 0
     assert store.dead_letters(SCHEMA, reason="late") == []

@@ -40,17 +40,28 @@ def worker(store: Store, **kwargs: Any) -> ShardWorker:
 
 def test_batch_applies_rows_dead_letters_and_state(store: Store) -> None:
     w = worker(store)
-    outcome = w.process([
-        rec(1, "u1", 0, "/a"), raw(2, b"{oops"), rec(3, "u2", 10), rec(4, "u1", 1, "/late"), raw(5, "!!"),
-        rec(6, "u3", 200),  # 3h20m ahead of its arrival: from the future
-    ])
+    outcome = w.process(
+        [
+            rec(1, "u1", 0, "/a"),
+            raw(2, b"{oops"),
+            rec(3, "u2", 10),
+            rec(4, "u1", 1, "/late"),
+            raw(5, "!!"),
+            rec(6, "u3", 200),  # 3h20m ahead of its arrival: from the future
+        ]
+    )
     assert (outcome.received, outcome.applied, outcome.replayed) == (6, 2, 0)
     assert dict(outcome.dead_letters) == {"invalid_json": 1, "late": 1, "invalid_base64": 1, "future_timestamp": 1}
     assert outcome.last == Position(int(seq(6)))
     assert store.shard_state(SCHEMA, "shardId-000000000000") == ShardState(
         Position(int(seq(6))), int((T0 + timedelta(minutes=10)).timestamp() * 1_000_000)
     )
-    assert store.dead_letter_counts(SCHEMA) == {"future_timestamp": 1, "invalid_base64": 1, "invalid_json": 1, "late": 1}
+    assert store.dead_letter_counts(SCHEMA) == {
+        "future_timestamp": 1,
+        "invalid_base64": 1,
+        "invalid_json": 1,
+        "late": 1,
+    }
     letters = {d.reason: d for d in store.dead_letters(SCHEMA)}
     assert letters["invalid_json"].raw == b"{oops"
     assert letters["invalid_base64"].raw == b"!!"
@@ -90,7 +101,9 @@ def test_watermark_survives_restart(store: Store) -> None:
 
 
 def test_new_shard_inherits_parent_watermark(store: Store) -> None:
-    w = ShardWorker(SCHEMA, POLICY, store, parent_watermark=lambda shard: int((T0 + timedelta(minutes=30)).timestamp() * 1e6))
+    w = ShardWorker(
+        SCHEMA, POLICY, store, parent_watermark=lambda shard: int((T0 + timedelta(minutes=30)).timestamp() * 1e6)
+    )
     w.initialize("shardId-000000000002")
     outcome = w.process([rec(1, "u", 20), rec(2, "u", 29)])
     assert (outcome.applied, dict(outcome.dead_letters)) == (1, {"late": 1})

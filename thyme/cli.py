@@ -6,10 +6,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from thyme.errors import ThymeError
+
+if TYPE_CHECKING:
+    from thyme.kinesis.launcher import RunOptions
 
 EXIT_USAGE = 2
 
@@ -43,12 +47,75 @@ def _cmd_lookup(args: argparse.Namespace) -> int:
     return 0 if all(r is not None for r in results) else 1
 
 
+def _run_options(args: argparse.Namespace) -> RunOptions:
+    from thyme.kinesis.launcher import RunOptions
+
+    return RunOptions(
+        store_url=args.store,
+        application_name=args.application_name,
+        worker_id=args.worker_id,
+        profile=args.profile,
+        dynamodb_endpoint_url=args.dynamodb_endpoint_url,
+        sts_endpoint_url=args.sts_endpoint_url,
+        idle_time_between_reads_ms=args.idle_ms,
+        shutdown_grace_ms=args.shutdown_grace_ms,
+        failover_time_ms=args.failover_ms,
+    )
+
+
+def _cmd_kinesis_properties(args: argparse.Namespace) -> int:
+    from thyme.kinesis.launcher import plan
+    from thyme.loader import load_dataset
+
+    the_plan = plan(load_dataset(args.dataset), _run_options(args))
+    sys.stdout.write(the_plan.properties.render(redact_credentials=True))
+    return 0
+
+
+def _cmd_kinesis_run(args: argparse.Namespace) -> int:
+    from record_processor.log import configure
+    from thyme.kinesis.launcher import run
+    from thyme.loader import load_dataset
+
+    configure({"component": "thyme.kinesis", "dataset": args.dataset.rpartition(":")[2]})
+    return run(load_dataset(args.dataset), _run_options(args))
+
+
+def _add_run_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("dataset", metavar="MODULE:DATASET", help="e.g. app:ClickEvent or path/to/app.py:ClickEvent")
+    command.add_argument("--store", default=None, help="store URL (default: $THYME_STORE_URL or sqlite:///thyme.db)")
+    command.add_argument(
+        "--application-name",
+        default=None,
+        help="KCL application and lease table name (default: thyme-<dataset>-<stream>)",
+    )
+    command.add_argument("--worker-id", default=None, help="KCL worker id (default: the host name)")
+    command.add_argument(
+        "--profile",
+        choices=["local", "aws"],
+        default=None,
+        help="timing profile: local (fast discovery, no CloudWatch) when an endpoint URL is set, else aws",
+    )
+    command.add_argument(
+        "--dynamodb-endpoint-url",
+        default=None,
+        help="DynamoDB endpoint for the lease table ($THYME_DYNAMODB_ENDPOINT_URL; local stacks)",
+    )
+    command.add_argument(
+        "--sts-endpoint-url", default=None, help="STS endpoint for assuming role_arn ($THYME_STS_ENDPOINT_URL)"
+    )
+    command.add_argument("--idle-ms", type=int, default=250, help="idleTimeBetweenReadsInMillis (>= 200)")
+    command.add_argument("--shutdown-grace-ms", type=int, default=30_000, help="shutdownGraceMillis")
+    command.add_argument("--failover-ms", type=int, default=10_000, help="failoverTimeMillis")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="thyme", description="Thyme feature platform: Kinesis ingestion and lookups.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     lookup = commands.add_parser(
-        "lookup", help="print the newest version of keys as JSON",
+        "lookup",
+        help="print the newest version of keys as JSON",
         description="Print the newest version of each KEY with event time <= --at (default now), as JSON. "
         "Exit status 1 if a key has no version.",
     )
@@ -57,6 +124,23 @@ def build_parser() -> argparse.ArgumentParser:
     lookup.add_argument("--at", type=_at, default=None, help="ISO-8601 time with a zone (default: now)")
     lookup.add_argument("--store", default=None, help="store URL (default: $THYME_STORE_URL or sqlite:///thyme.db)")
     lookup.set_defaults(handler=_cmd_lookup)
+
+    kinesis = commands.add_parser("kinesis", help="run and inspect Kinesis consumers")
+    kinesis_commands = kinesis.add_subparsers(dest="kinesis_command", required=True)
+    run = kinesis_commands.add_parser(
+        "run",
+        help="consume the dataset's Kinesis stream (until SIGTERM/Ctrl-C)",
+        description="Start the KCL MultiLangDaemon for MODULE:DATASET and keep it running. One child "
+        "process per leased shard applies records to the store; SIGTERM or Ctrl-C stops gracefully.",
+    )
+    _add_run_options(run)
+    run.set_defaults(handler=_cmd_kinesis_run)
+    props = kinesis_commands.add_parser(
+        "properties",
+        help="print the KCL properties `run` would use (credentials redacted)",
+    )
+    _add_run_options(props)
+    props.set_defaults(handler=_cmd_kinesis_properties)
     return parser
 
 

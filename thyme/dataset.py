@@ -63,9 +63,7 @@ _SCALARS: Final[dict[object, Kind]] = {
     datetime: "datetime",
     date: "date",
 }
-SUPPORTED_TYPES: Final = (
-    "str, int, float, bool, datetime, date, Optional[T], list[T] or dict[str, T]"
-)
+SUPPORTED_TYPES: Final = "str, int, float, bool, datetime, date, Optional[T], list[T] or dict[str, T]"
 
 
 class TypeSpec(BaseModel):
@@ -179,22 +177,25 @@ def _build_schema(cls: type, index: bool, version: int) -> DatasetSchema:
     name = cls.__name__
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise DatasetError(
-            f"@dataset(version=...) on {name}", "version must be a whole number ≥ 1",
-            "Start at version=1 and increase it when the fields change.", value=version,
+            f"@dataset(version=...) on {name}",
+            "version must be a whole number ≥ 1",
+            "Start at version=1 and increase it when the fields change.",
+            value=version,
         )
     if not _NAME.fullmatch(name):
         raise DatasetError(
-            f"@dataset on {name}", "a dataset class name must be letters, digits and underscores "
-            "(at most 63, starting with a letter)", "Rename the class.", value=name,
+            f"@dataset on {name}",
+            "a dataset class name must be letters, digits and underscores (at most 63, starting with a letter)",
+            "Rename the class.",
+            value=name,
         )
     module = sys.modules.get(cls.__module__)
     try:
-        hints = typing.get_type_hints(
-            cls, globalns=vars(module) if module else None, include_extras=True
-        )
+        hints = typing.get_type_hints(cls, globalns=vars(module) if module else None, include_extras=True)
     except Exception as exc:  # NameError for an undefined name, TypeError for a bad hint
         raise DatasetError(
-            f"@dataset on {name}", f"cannot read the field annotations: {exc}",
+            f"@dataset on {name}",
+            f"cannot read the field annotations: {exc}",
             "Import every type used in an annotation in the dataset's module.",
         ) from exc
     own = inspect.get_annotations(cls)
@@ -206,32 +207,41 @@ def _build_schema(cls: type, index: bool, version: int) -> DatasetSchema:
         where = f"{name}.{attr}"
         if not _NAME.fullmatch(attr):
             raise DatasetError(
-                where, "a field name must start with a letter and use letters, digits and "
-                "underscores (at most 63)", "Rename the field.", value=attr,
+                where,
+                "a field name must start with a letter and use letters, digits and underscores (at most 63)",
+                "Rename the field.",
+                value=attr,
             )
         options = cls.__dict__.get(attr, None)
         if options is None:
             options = _FieldOptions(key=False, timestamp=False)
         elif not isinstance(options, _FieldOptions):
             raise DatasetError(
-                where, "dataset fields take no default values", "Write `= field()` or nothing.",
+                where,
+                "dataset fields take no default values",
+                "Write `= field()` or nothing.",
                 value=options,
             )
         spec = _type_spec(hint, where)
         if options.key and options.timestamp:
             raise DatasetError(
-                where, "a field cannot be both the key and the timestamp",
+                where,
+                "a field cannot be both the key and the timestamp",
                 "Use separate fields for key=True and timestamp=True.",
             )
         if options.key and (spec.optional or spec.kind not in ("str", "int")):
             raise DatasetError(
-                where, "the key field must be a non-optional str or int",
-                "Declare it as Field[str] or Field[int].", value=spec.describe(),
+                where,
+                "the key field must be a non-optional str or int",
+                "Declare it as Field[str] or Field[int].",
+                value=spec.describe(),
             )
         if options.timestamp and (spec.optional or spec.kind != "datetime"):
             raise DatasetError(
-                where, "the timestamp field must be a non-optional datetime",
-                "Declare it as Field[datetime].", value=spec.describe(),
+                where,
+                "the timestamp field must be a non-optional datetime",
+                "Declare it as Field[datetime].",
+                value=spec.describe(),
             )
         fields.append(FieldSchema(name=attr, type=spec, key=options.key, timestamp=options.timestamp))
     for flag, label, example in (

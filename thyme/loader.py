@@ -22,9 +22,7 @@ def load_dataset(target: str, require_source: bool = True) -> type:
     """
     module_part, sep, name = target.rpartition(":")
     if not sep or not module_part or not name:
-        raise LoadError(
-            f"{target!r} is not MODULE:DATASET; write e.g. app:ClickEvent or path/to/app.py:ClickEvent"
-        )
+        raise LoadError(f"{target!r} is not MODULE:DATASET; write e.g. app:ClickEvent or path/to/app.py:ClickEvent")
     try:
         if module_part.endswith(".py") or "/" in module_part:
             path = Path(module_part)

@@ -54,8 +54,10 @@ def coerce_key(schema: DatasetSchema, key: object) -> str | int:
     elif isinstance(key, str):
         return key
     raise ConfigError(
-        f"lookup key for {schema.name}.{field.name}", f"expected a {field.type.kind}",
-        f"Pass the {field.name} value to look up.", value=key,
+        f"lookup key for {schema.name}.{field.name}",
+        f"expected a {field.type.kind}",
+        f"Pass the {field.name} value to look up.",
+        value=key,
     )
 
 
@@ -65,8 +67,10 @@ def to_us(at: datetime | None) -> int:
         at = datetime.now(UTC)
     if at.tzinfo is None:
         raise ConfigError(
-            "lookup(at=...)", "the time has no time zone",
-            "Pass an aware datetime, e.g. with tzinfo=timezone.utc.", value=at,
+            "lookup(at=...)",
+            "the time has no time zone",
+            "Pass an aware datetime, e.g. with tzinfo=timezone.utc.",
+            value=at,
         )
     return (at - EPOCH) // _ONE_US
 

@@ -71,18 +71,22 @@ def parse_init_position(value: object) -> InitialPosition:
             moment = datetime.fromisoformat(value.strip())
         except ValueError:
             raise SourceError(
-                where, "not a start position",
-                'Use "latest", "trim_horizon", or an ISO-8601 timestamp with a zone such as '
-                '"2024-05-01T12:00:00Z".', value=value,
+                where,
+                "not a start position",
+                'Use "latest", "trim_horizon", or an ISO-8601 timestamp with a zone such as "2024-05-01T12:00:00Z".',
+                value=value,
             ) from None
     else:
         raise SourceError(
-            where, "not a start position",
-            'Use "latest", "trim_horizon", or an ISO-8601 timestamp string.', value=value,
+            where,
+            "not a start position",
+            'Use "latest", "trim_horizon", or an ISO-8601 timestamp string.',
+            value=value,
         )
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise SourceError(
-            where, "the timestamp has no time zone",
+            where,
+            "the timestamp has no time zone",
             'Add "Z" (UTC) or an offset such as "+02:00", for example "2024-05-01T12:00:00Z".',
             value=value,
         )
@@ -146,7 +150,9 @@ class KinesisSource:
         match = _STREAM_ARN.fullmatch(stream_arn) if isinstance(stream_arn, str) else None
         if match is None:
             raise SourceError(
-                "KinesisSource(stream_arn=...)", "not a Kinesis stream ARN", _STREAM_ARN_FIX,
+                "KinesisSource(stream_arn=...)",
+                "not a Kinesis stream ARN",
+                _STREAM_ARN_FIX,
                 value=stream_arn,
             )
         prefix = _PARTITION_REGION_PREFIX.get(match["partition"])
@@ -154,15 +160,18 @@ class KinesisSource:
             raise SourceError(
                 "KinesisSource(stream_arn=...)",
                 f"region {match['region']} is not in partition {match['partition']}",
-                _STREAM_ARN_FIX, value=stream_arn,
+                _STREAM_ARN_FIX,
+                value=stream_arn,
             )
         self._stream_arn = stream_arn
         self._arn = match
         self._init_position = parse_init_position(init_position)
         if format not in SUPPORTED_FORMATS:
             raise SourceError(
-                "KinesisSource(format=...)", "unsupported format",
-                f"Supported formats: {', '.join(repr(f) for f in SUPPORTED_FORMATS)}.", value=format,
+                "KinesisSource(format=...)",
+                "unsupported format",
+                f"Supported formats: {', '.join(repr(f) for f in SUPPORTED_FORMATS)}.",
+                value=format,
             )
         self._format = format
         self._region = self._pick_region(region)
@@ -208,7 +217,8 @@ class KinesisSource:
             or parts.fragment
         ):
             raise SourceError(
-                origin, "not an endpoint URL",
+                origin,
+                "not an endpoint URL",
                 'Use http(s)://host[:port] without credentials, for example "http://127.0.0.1:4566".',
                 value=value if parts is None or parts.username is None else REDACTED,
             )
@@ -224,7 +234,8 @@ class KinesisSource:
             _check_role_arn(role_arn, "KinesisSource(role_arn=...)")
             return role_arn
         raise SourceError(
-            "KinesisSource(role_arn=...)", "must be a string or a Secret",
+            "KinesisSource(role_arn=...)",
+            "must be a string or a Secret",
             'Pass the role ARN, or Secret(env="VARIABLE") naming where it is held.',
             value=type(role_arn).__name__,
         )
@@ -295,7 +306,8 @@ class KinesisSource:
 def _check_role_arn(value: str, where: str, secret: bool = False) -> None:
     if not _ROLE_ARN.fullmatch(value):
         raise SourceError(
-            where, "not an IAM role ARN",
+            where,
+            "not an IAM role ARN",
             "Use arn:<partition>:iam::<12-digit account>:role/<name>, the role the consumer "
             "assumes to read the stream.",
             value=REDACTED if secret else value,

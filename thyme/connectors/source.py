@@ -61,7 +61,9 @@ def source(
     """
     if not isinstance(connector, KinesisSource):
         raise SourceError(
-            "@source(connector)", "not a supported connector", "Pass KinesisSource(...).",
+            "@source(connector)",
+            "not a supported connector",
+            "Pass KinesisSource(...).",
             value=type(connector).__name__,
         )
     name = type(connector).__name__
@@ -71,19 +73,23 @@ def source(
                 f"@source({name}(...), {option}=...)",
                 f"{name} is a streaming connector: it consumes continuously and does not poll, "
                 f"so `{option}` cannot be set",
-                f"Remove `{option}=...`.", value=value,
+                f"Remove `{option}=...`.",
+                value=value,
             )
     if backfill:
         raise SourceError(
             f"@source({name}(...), backfill=...)",
             f"backfilling a {name}-sourced dataset on commit is not supported",
             "Rely on the live ingestion path; to re-read retained records, start a new "
-            'application with init_position="trim_horizon" or a timestamp.', value=backfill,
+            'application with init_position="trim_horizon" or a timestamp.',
+            value=backfill,
         )
     if cdc not in CDC_MODES:
         raise SourceError(
-            "@source(cdc=...)", "unknown change-data-capture mode",
-            'Use "append" or "upsert".', value=cdc,
+            "@source(cdc=...)",
+            "unknown change-data-capture mode",
+            'Use "append" or "upsert".',
+            value=cdc,
         )
     lateness = None if max_lateness is None else parse_duration(max_lateness, "@source(max_lateness=...)")
     skew = parse_duration(max_future_skew, "@source(max_future_skew=...)")
@@ -93,12 +99,14 @@ def source(
         schema = dataset_schema(cls)
         if schema is None:
             raise SourceError(
-                f"@source on {getattr(cls, '__name__', cls)!s}", "decorates a @dataset class",
+                f"@source on {getattr(cls, '__name__', cls)!s}",
+                "decorates a @dataset class",
                 "Put @source(...) above @dataset(...), as in the documentation example.",
             )
         if getattr(cls, "__thyme_source__", None) is not None:
             raise SourceError(
-                f"@source on {schema.name}", "a dataset takes one Kinesis source",
+                f"@source on {schema.name}",
+                "a dataset takes one Kinesis source",
                 "Keep one @source(KinesisSource(...)) per dataset.",
             )
         cls.__thyme_source__ = spec  # type: ignore[attr-defined]

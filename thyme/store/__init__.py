@@ -15,8 +15,20 @@ ENV_STORE_URL: Final = "THYME_STORE_URL"
 DEFAULT_STORE_URL: Final = "sqlite:///thyme.db"
 
 __all__ = [
-    "DEFAULT_STORE_URL", "ENV_STORE_URL", "Batch", "Conflict", "DeadLetter", "Position", "Row",
-    "SQLiteStore", "ShardState", "ShardSummary", "Store", "open_store", "redact_url", "store_url",
+    "DEFAULT_STORE_URL",
+    "ENV_STORE_URL",
+    "Batch",
+    "Conflict",
+    "DeadLetter",
+    "Position",
+    "Row",
+    "SQLiteStore",
+    "ShardState",
+    "ShardSummary",
+    "Store",
+    "open_store",
+    "redact_url",
+    "store_url",
 ]
 
 
@@ -49,24 +61,32 @@ def open_store(url: str | None = None) -> Store:
     if parts.scheme == "sqlite":
         if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
             raise StoreConfigError(
-                "store URL", "a SQLite URL names a file as sqlite:///relative.db or sqlite:////absolute.db",
-                "For example --store sqlite:///thyme.db.", value=redact_url(url),
+                "store URL",
+                "a SQLite URL names a file as sqlite:///relative.db or sqlite:////absolute.db",
+                "For example --store sqlite:///thyme.db.",
+                value=redact_url(url),
             )
         query = parse_qs(parts.query)
         unknown = set(query) - {"busy_timeout_ms"}
         if unknown:
             raise StoreConfigError(
-                "store URL", f"unknown SQLite option {sorted(unknown)[0]}",
-                "The only option is busy_timeout_ms.", value=redact_url(url),
+                "store URL",
+                f"unknown SQLite option {sorted(unknown)[0]}",
+                "The only option is busy_timeout_ms.",
+                value=redact_url(url),
             )
         timeout = query.get("busy_timeout_ms", [str(DEFAULT_BUSY_TIMEOUT_MS)])[-1]
         if not timeout.isdigit():
             raise StoreConfigError(
-                "store URL busy_timeout_ms", "must be a whole number of milliseconds",
-                "For example ?busy_timeout_ms=30000.", value=timeout,
+                "store URL busy_timeout_ms",
+                "must be a whole number of milliseconds",
+                "For example ?busy_timeout_ms=30000.",
+                value=timeout,
             )
         return SQLiteStore(Path(parts.path[1:]), busy_timeout_ms=int(timeout))
     raise StoreConfigError(
-        "store URL", f"unsupported store scheme {parts.scheme!r}",
-        "Use sqlite:///path/to/thyme.db.", value=redact_url(url),
+        "store URL",
+        f"unsupported store scheme {parts.scheme!r}",
+        "Use sqlite:///path/to/thyme.db.",
+        value=redact_url(url),
     )

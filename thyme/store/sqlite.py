@@ -107,9 +107,7 @@ class SQLiteStore:
     def _unavailable(self, exc: sqlite3.Error) -> StoreUnavailableError:
         text = str(exc)
         if "locked" in text or "busy" in text:
-            hint = (
-                f"another process held the write lock for more than {self._busy_timeout_ms} ms"
-            )
+            hint = f"another process held the write lock for more than {self._busy_timeout_ms} ms"
         elif "full" in text:
             hint = "the disk (or the file-size limit) is full"
         else:
@@ -128,9 +126,7 @@ class SQLiteStore:
                 "SELECT schema_json FROM thyme_datasets WHERE name = ? AND version = ?", ident
             ).fetchone()
             if found is None:
-                db.execute(
-                    "INSERT INTO thyme_datasets VALUES (?, ?, ?, ?)", (*ident, wanted, _now_us())
-                )
+                db.execute("INSERT INTO thyme_datasets VALUES (?, ?, ?, ?)", (*ident, wanted, _now_us()))
                 table = table_name(schema)
                 db.execute(
                     f'CREATE TABLE IF NOT EXISTS "{table}" (key NOT NULL, ts INTEGER NOT NULL, row TEXT NOT NULL)'
@@ -149,8 +145,7 @@ class SQLiteStore:
     def shard_state(self, dataset: DatasetSchema, shard: str) -> ShardState | None:
         try:
             found = self._db.execute(
-                "SELECT sequence, sub_sequence, watermark_us, ended FROM thyme_shards "
-                "WHERE dataset = ? AND shard = ?",
+                "SELECT sequence, sub_sequence, watermark_us, ended FROM thyme_shards WHERE dataset = ? AND shard = ?",
                 (dataset.name, shard),
             ).fetchone()
         except sqlite3.Error as exc:
@@ -163,8 +158,7 @@ class SQLiteStore:
         now = _now_us()
         with self._write() as db:
             found = db.execute(
-                "SELECT sequence, sub_sequence, watermark_us, ended FROM thyme_shards "
-                "WHERE dataset = ? AND shard = ?",
+                "SELECT sequence, sub_sequence, watermark_us, ended FROM thyme_shards WHERE dataset = ? AND shard = ?",
                 (dataset.name, batch.shard),
             ).fetchone()
             current = None if found is None else _state(*found)
@@ -180,8 +174,17 @@ class SQLiteStore:
                     "INSERT INTO thyme_dead_letters (dataset, shard, sequence, sub_sequence, "
                     "partition_key, arrival_ms, reason, raw, recorded_at_us) VALUES (?,?,?,?,?,?,?,?,?)",
                     [
-                        (dataset.name, d.shard, d.sequence, d.sub_sequence, d.partition_key,
-                         d.arrival_ms, d.reason, d.raw, now)
+                        (
+                            dataset.name,
+                            d.shard,
+                            d.sequence,
+                            d.sub_sequence,
+                            d.partition_key,
+                            d.arrival_ms,
+                            d.reason,
+                            d.raw,
+                            now,
+                        )
                         for d in batch.dead_letters
                     ],
                 )
@@ -195,11 +198,15 @@ class SQLiteStore:
                 "ended = excluded.ended, applied = applied + excluded.applied, "
                 "dead_lettered = dead_lettered + excluded.dead_lettered, updated_at_us = excluded.updated_at_us",
                 (
-                    dataset.name, batch.shard,
+                    dataset.name,
+                    batch.shard,
                     None if position is None else str(position.sequence),
                     None if position is None else position.sub_sequence,
-                    state.watermark_us, int(state.ended),
-                    len(batch.rows), len(batch.dead_letters), now,
+                    state.watermark_us,
+                    int(state.ended),
+                    len(batch.rows),
+                    len(batch.dead_letters),
+                    now,
                 ),
             )
         return None
@@ -220,8 +227,7 @@ class SQLiteStore:
     def lookup(self, dataset: DatasetSchema, key: Key, at_us: int) -> str | None:
         self.ensure_dataset(dataset)
         found = self._db.execute(
-            f'SELECT row FROM "{table_name(dataset)}" WHERE key = ? AND ts <= ? '
-            "ORDER BY ts DESC, rowid DESC LIMIT 1",
+            f'SELECT row FROM "{table_name(dataset)}" WHERE key = ? AND ts <= ? ORDER BY ts DESC, rowid DESC LIMIT 1',
             (key, at_us),
         ).fetchone()
         return None if found is None else str(found[0])
@@ -230,9 +236,7 @@ class SQLiteStore:
         self.ensure_dataset(dataset)
         return int(self._db.execute(f'SELECT count(*) FROM "{table_name(dataset)}"').fetchone()[0])
 
-    def dead_letters(
-        self, dataset: DatasetSchema, reason: str | None = None, limit: int = 1000
-    ) -> list[DeadLetter]:
+    def dead_letters(self, dataset: DatasetSchema, reason: str | None = None, limit: int = 1000) -> list[DeadLetter]:
         sql = (
             "SELECT shard, sequence, sub_sequence, partition_key, raw, reason, arrival_ms, recorded_at_us "
             "FROM thyme_dead_letters WHERE dataset = ?"

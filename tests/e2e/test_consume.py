@@ -1,0 +1,143 @@
+"""End to end: the real KCL daemon consumes a 2-shard stream into the store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import streams
+
+from tests.e2e.harness import THYME, Ledger, StoreView, click, events, now, produce, unique, write_app
+from thyme.loader import load_dataset
+from thyme.lookup import lookup
+
+
+def test_records_land_once_with_lookups_and_dead_letters(kinesis: Any, new_consumer: Any, tmp_path: Path) -> None:
+    stream = unique("e2e-basic")
+    arn = streams.create_stream(kinesis, stream, 2)
+    ledger = Ledger()
+    base = now() - timedelta(minutes=1)
+    valid = ledger.expect_valid(events(0, 300, users=20, at=base))
+    produce(kinesis, stream, valid)
+    bad: list[tuple[str, bytes]] = [
+        ("u1", b"{not json"),
+        ("u2", b'{"user_id": "u2", "n": "7", "page": "/", "timestamp": "2024-05-01T12:00:00Z"}'),
+        ("u3", b'{"n": 1, "page": "/", "timestamp": "2024-05-01T12:00:00Z"}'),
+        ("u4", json.dumps(click(9001, "u4", base)).encode().replace(b"+00:00", b"")),
+        ("u5", b"\xff\xfe not utf-8"),
+    ]
+    for reason in (
+        "invalid_json",
+        "schema: n: expected int, got str",
+        "schema: user_id: missing",
+        'schema: timestamp: timestamp has no time zone; add "Z" or an offset such as "+00:00"',
+        "invalid_utf8",
+    ):
+        ledger.expect_rejected(reason)
+    late = [click(10_000 + i, f"u{i}", base - timedelta(hours=1)) for i in range(5)]
+    future = [click(20_000, "u0", now() + timedelta(hours=3))]
+    ledger.expect_rejected("late", len(late))
+    ledger.expect_rejected("future_timestamp", len(future))
+    produce(kinesis, stream, [*bad, *[(e["user_id"], json.dumps(e).encode()) for e in late + future]])
+
+    app = write_app(tmp_path, arn, "trim_horizon")
+    consumer = new_consumer(app).start()
+    store = StoreView(consumer.store)
+    started = now()
+    store.wait_total(ledger.total, 180, consumer)
+    first_visible = now() - started
+    store.check(ledger)
+
+    # lookups: the newest version per user is the highest n of that user
+    klass = load_dataset(f"{app}:Clicks")
+    url = f"sqlite:///{consumer.store}"
+    for user in ("u0", "u7", "u19"):
+        found = lookup(klass, user, store=url)
+        assert found is not None
+        assert found.n == max(e["n"] for e in valid if e["user_id"] == user)
+        older = lookup(klass, user, at=base + timedelta(milliseconds=100), store=url)
+        assert older is not None
+        assert older.n == max(e["n"] for e in valid if e["user_id"] == user and e["n"] <= 100)
+    assert lookup(klass, "nobody", store=url) is None
+    out = subprocess.run(
+        [THYME, "lookup", f"{app}:Clicks", "u7", "--store", url], capture_output=True, text=True, check=True
+    )
+    assert json.loads(out.stdout)["n"] == max(e["n"] for e in valid if e["user_id"] == "u7")
+
+    assert consumer.stop() == 0
+    log = consumer.log_text()
+    assert "shutdown requested; checkpointing the last applied record" in log
+    assert set(store.shards()) == {"shardId-000000000000", "shardId-000000000001"}
+    print(f"first records visible after {first_visible.total_seconds():.1f}s")  # noqa: T201
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([THYME, *args], check=False, capture_output=True, text=True, env=env, cwd=cwd, timeout=60)
+
+
+def test_bad_configuration_fails_fast_with_one_line(aws: dict[str, str], tmp_path: Path) -> None:
+    arn = "arn:aws:kinesis:us-east-1:123456789012:stream/never-created"
+    env = {**os.environ, **aws}
+    app = write_app(tmp_path, arn, "trim_horizon", role_env="E2E_UNSET_ROLE")
+    cases = {
+        "missing secret": (
+            ["kinesis", "run", f"{app}:Clicks"],
+            env,
+            "thyme: error: Secret(env='E2E_UNSET_ROLE'): environment variable E2E_UNSET_ROLE is not set. Set "
+            "E2E_UNSET_ROLE in the consumer's environment (for example from your secret manager) before starting it.",
+        ),
+        "no such module": (
+            ["kinesis", "run", "no_such_module:Clicks"],
+            env,
+            "thyme: error: cannot import no_such_module: No module named 'no_such_module'",
+        ),
+        "not a dataset": (
+            ["kinesis", "run", f"{app}:datetime"],
+            env,
+            f"thyme: error: {app}:datetime is not a @dataset class",
+        ),
+        "missing jars": (
+            ["kinesis", "run", f"{app}:Clicks"],
+            {
+                **env,
+                "E2E_UNSET_ROLE": "arn:aws:iam::123456789012:role/r",
+                "THYME_KCL_CLASSPATH": str(tmp_path / "nothing"),
+            },
+            f"thyme: error: the KCL jars are missing from {tmp_path / 'nothing'}: run scripts/setup_kcl.sh (it "
+            "resolves them with Maven), or set THYME_KCL_CLASSPATH to a folder holding the multilang daemon's classpath.",
+        ),
+        "no java": (
+            ["kinesis", "run", f"{app}:Clicks"],
+            {
+                **env,
+                "E2E_UNSET_ROLE": "arn:aws:iam::123456789012:role/r",
+                "PATH": str(Path(THYME).parent),
+                "JAVA_HOME": "",
+            },
+            "thyme: error: java not found: the KCL MultiLangDaemon needs a Java runtime (11 or newer). Install one "
+            "(e.g. apt-get install default-jre-headless) or set JAVA_HOME.",
+        ),
+        "bad role": (
+            ["kinesis", "run", f"{app}:Clicks"],
+            {**env, "E2E_UNSET_ROLE": "arn:aws:iam::123456789012:user/bob"},
+            "thyme: error: KinesisSource(role_arn=Secret(env='E2E_UNSET_ROLE')): not an IAM role ARN (got "
+            "<redacted>). Use arn:<partition>:iam::<12-digit account>:role/<name>, the role the consumer assumes "
+            "to read the stream.",
+        ),
+    }
+    for name, (args, case_env, message) in cases.items():
+        result = run_cli(*args, env=case_env, cwd=tmp_path)
+        assert (name, result.returncode, result.stderr.strip()) == (name, 2, message)
+        assert result.stdout == ""
+    bad_arn = tmp_path / "bad_arn.py"
+    bad_arn.write_text(write_app(tmp_path, arn).read_text().replace(arn, "click-events"))
+    result = run_cli("kinesis", "run", f"{bad_arn}:Clicks", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        "thyme: error: KinesisSource(stream_arn=...): not a Kinesis stream ARN (got 'click-events')."
+    )
+    assert result.stderr.count("\n") == 1

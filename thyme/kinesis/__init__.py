@@ -1,0 +1,1 @@
+"""Running a KinesisSource: the KCL properties, the daemon launcher, local-stack helpers."""

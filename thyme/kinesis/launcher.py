@@ -1,0 +1,292 @@
+"""``thyme kinesis run``: start the KCL MultiLangDaemon for a dataset and keep it running.
+
+Everything that can be checked is checked before anything starts (the dataset, the secret,
+Java, the KCL jars, the store), each failure one clear line. Then:
+
+* the properties file and the child's config are written into a private directory (0700,
+  files 0600) that is removed on exit: the properties file is the one place a role ARN is
+  written;
+* the JVM runs in its own session, so a terminal's Ctrl-C reaches only this launcher, which
+  forwards SIGTERM to the JVM alone: the children then get ``shutdownRequested`` and
+  checkpoint, instead of dying on the signal;
+* the daemon exits its whole JVM when one child dies, so the launcher restarts it with the
+  same worker id (its leases are picked up at once) after a backoff, and gives up with the
+  daemon's last error lines after repeated fast failures.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Final, TextIO
+
+from record_processor.config import ProcessorConfig
+from thyme.connectors.source import source_spec
+from thyme.dataset import dataset_schema
+from thyme.errors import ConfigError, LoadError, StoreUnavailableError, ThymeError
+from thyme.kinesis.properties import KclProperties, Profile, build_properties
+from thyme.store import open_store, store_url
+
+log = logging.getLogger("thyme.kinesis")
+
+MAIN_CLASS: Final = "software.amazon.kinesis.multilang.MultiLangDaemon"
+ENV_CLASSPATH: Final = "THYME_KCL_CLASSPATH"
+ENV_LOGBACK: Final = "THYME_KCL_LOGBACK"
+ENV_JAVA_OPTS: Final = "THYME_JAVA_OPTS"
+ENV_DYNAMODB_ENDPOINT: Final = "THYME_DYNAMODB_ENDPOINT_URL"
+ENV_STS_ENDPOINT: Final = "THYME_STS_ENDPOINT_URL"
+REPO_ROOT: Final = Path(__file__).resolve().parents[2]
+
+
+class LaunchError(ThymeError):
+    """The consumer cannot start, or the daemon keeps failing."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Settings of ``thyme kinesis run`` (each also has an environment variable)."""
+
+    store_url: str | None = None
+    application_name: str | None = None
+    worker_id: str | None = None
+    profile: Profile | None = None
+    dynamodb_endpoint_url: str | None = None
+    sts_endpoint_url: str | None = None
+    idle_time_between_reads_ms: int = 250
+    shutdown_grace_ms: int = 30_000
+    failover_time_ms: int = 10_000
+    max_fast_failures: int = 5
+    """Give up after this many daemon exits, each within ``fast_failure_s`` of its start."""
+    fast_failure_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything decided before the daemon starts."""
+
+    properties: KclProperties
+    config: ProcessorConfig
+    java: str
+    classpath: Path
+    logback: Path
+
+    def command(self, properties_file: Path) -> list[str]:
+        opts = os.environ.get(ENV_JAVA_OPTS, "").split()
+        return [
+            self.java,
+            "-XX:+UseSerialGC",
+            *opts,
+            f"-Dlogback.configurationFile={self.logback}",
+            "-cp",
+            f"{self.classpath}/*",
+            MAIN_CLASS,
+            "--properties-file",
+            str(properties_file),
+            "--log-configuration",
+            str(self.logback),
+        ]
+
+
+def _java() -> str:
+    home = os.environ.get("JAVA_HOME")
+    candidate = Path(home, "bin", "java") if home else None
+    if candidate is not None and os.access(candidate, os.X_OK):
+        return str(candidate)
+    found = shutil.which("java")
+    if found is None:
+        raise LaunchError(
+            "java not found: the KCL MultiLangDaemon needs a Java runtime (11 or newer). Install one "
+            "(e.g. apt-get install default-jre-headless) or set JAVA_HOME."
+        )
+    return found
+
+
+def _classpath() -> Path:
+    configured = os.environ.get(ENV_CLASSPATH)
+    path = Path(configured) if configured else REPO_ROOT / ".kcl" / "lib"
+    if not path.is_dir() or not any(path.glob("amazon-kinesis-client-multilang-*.jar")):
+        raise LaunchError(
+            f"the KCL jars are missing from {path}: run scripts/setup_kcl.sh (it resolves them with "
+            f"Maven), or set {ENV_CLASSPATH} to a folder holding the multilang daemon's classpath."
+        )
+    return path
+
+
+def _logback() -> Path:
+    configured = os.environ.get(ENV_LOGBACK)
+    path = Path(configured) if configured else REPO_ROOT / "properties" / "logback.xml"
+    if not path.is_file():
+        raise LaunchError(f"the daemon's logging configuration is missing: {path} (set {ENV_LOGBACK})")
+    return path
+
+
+def plan(klass: type, options: RunOptions, environ: Mapping[str, str] | None = None) -> Plan:
+    """Check everything and decide the daemon's settings; no AWS call is made."""
+    environ = os.environ if environ is None else environ
+    schema, spec = dataset_schema(klass), source_spec(klass)
+    if schema is None or spec is None:
+        raise LoadError(f"{getattr(klass, '__name__', klass)} is not a @source(KinesisSource(...)) @dataset class")
+    connection = spec.connector.resolve(environ)  # resolves the role secret: fails here if unset
+    url = store_url(options.store_url)
+    try:
+        store = open_store(url)
+        try:
+            store.ensure_dataset(schema)
+        finally:
+            store.close()
+    except StoreUnavailableError as exc:
+        raise LaunchError(f"the store is not usable: {exc}") from exc
+    python = sys.executable
+    properties = build_properties(
+        connection,
+        dataset=schema.name,
+        python=python,
+        application_name=options.application_name,
+        worker_id=options.worker_id,
+        dynamodb_endpoint_url=options.dynamodb_endpoint_url or environ.get(ENV_DYNAMODB_ENDPOINT) or None,
+        sts_endpoint_url=options.sts_endpoint_url or environ.get(ENV_STS_ENDPOINT) or None,
+        profile=options.profile,
+        idle_time_between_reads_ms=options.idle_time_between_reads_ms,
+        shutdown_grace_ms=options.shutdown_grace_ms,
+        failover_time_ms=options.failover_time_ms,
+    )
+    config = ProcessorConfig(
+        dataset=schema,
+        max_lateness_ms=None if spec.max_lateness is None else spec.max_lateness // timedelta(milliseconds=1),
+        max_future_skew_ms=spec.max_future_skew // timedelta(milliseconds=1),
+        store_url=url,
+        lease_table=properties.table_name,
+        region=connection.region,
+        dynamodb_endpoint_url=properties.dynamodb_endpoint,
+    )
+    return Plan(properties, config, _java(), _classpath(), _logback())
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+class Supervisor:
+    """Runs the daemon until asked to stop; restarts it when it exits on its own."""
+
+    def __init__(self, plan: Plan, options: RunOptions, err: TextIO | None = None) -> None:
+        self.plan = plan
+        self.options = options
+        self.err = err or sys.stderr
+        self._jvm: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._tail: collections.deque[str] = collections.deque(maxlen=40)
+
+    def stop(self, signum: int = signal.SIGTERM, frame: FrameType | None = None) -> None:
+        """Ask the daemon to shut down gracefully (SIGTERM to the JVM only); twice: kill it."""
+        jvm = self._jvm
+        if self._stopping.is_set() and jvm is not None and jvm.poll() is None:
+            log.warning("second stop request: killing the daemon")
+            jvm.kill()
+            return
+        self._stopping.set()
+        if jvm is not None and jvm.poll() is None:
+            log.info("stopping: the daemon asks each shard's processor to checkpoint, then exits")
+            jvm.send_signal(signal.SIGTERM)
+
+    def run(self) -> int:
+        """Run until stopped (exit status 0) or until the daemon keeps failing (non-zero)."""
+        private = Path(tempfile.mkdtemp(prefix="thyme-kcl-"))
+        try:
+            properties_file = private / "kcl.properties"
+            config_file = private / "processor.json"
+            _write_private(properties_file, self.plan.properties.render())
+            _write_private(config_file, self.plan.config.model_dump_json())
+            env = {**os.environ, "THYME_PROCESSOR_CONFIG": str(config_file), "PYTHONUNBUFFERED": "1"}
+            return self._loop(self.plan.command(properties_file), env)
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
+
+    def _loop(self, command: list[str], env: dict[str, str]) -> int:
+        fast_failures = 0
+        attempt = 0
+        while not self._stopping.is_set():
+            attempt += 1
+            started = time.monotonic()
+            log.info(
+                "starting the KCL MultiLangDaemon",
+                extra={
+                    "fields": {
+                        "application": self.plan.properties.application_name,
+                        "worker_id": self.plan.properties.worker_id,
+                        "attempt": attempt,
+                    }
+                },
+            )
+            rc = self._run_once(command, env)
+            if self._stopping.is_set():
+                log.info("daemon stopped", extra={"fields": {"exit_status": rc}})
+                return 0
+            lived = time.monotonic() - started
+            fast_failures = fast_failures + 1 if lived < self.options.fast_failure_s else 1
+            if fast_failures >= self.options.max_fast_failures:
+                reason = "; ".join(line for line in self._tail if " ERROR " in line or "Exception" in line)[-2000:]
+                raise LaunchError(
+                    f"the KCL daemon exited {fast_failures} times in a row within "
+                    f"{self.options.fast_failure_s:.0f}s of starting (last exit status {rc}); "
+                    f"giving up. Last errors: {reason or 'none logged; see the log above'}"
+                )
+            delay = min(30.0, 2.0 ** (fast_failures - 1))
+            log.warning(
+                "the daemon exited (a shard's processor failed or the daemon crashed); restarting with "
+                "the same worker id",
+                extra={"fields": {"exit_status": rc, "ran_s": round(lived, 1), "restart_in_s": delay}},
+            )
+            self._stopping.wait(delay)
+        return 0
+
+    def _run_once(self, command: list[str], env: dict[str, str]) -> int:
+        self._tail.clear()
+        jvm = subprocess.Popen(  # noqa: S603 - a fixed command: java, flags, our classpath
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._jvm = jvm
+        if self._stopping.is_set():  # a stop arrived while starting
+            jvm.send_signal(signal.SIGTERM)
+        assert jvm.stdout is not None
+        for raw in jvm.stdout:  # the daemon's logs, and its children's stderr it echoes
+            line = raw.decode("utf-8", "replace")
+            self._tail.append(line.rstrip("\n"))
+            self.err.write(line)
+            self.err.flush()
+        return jvm.wait()
+
+
+def run(klass: type, options: RunOptions) -> int:
+    """Plan, then supervise the daemon until SIGTERM/SIGINT. Returns the exit status."""
+    the_plan = plan(klass, options)
+    supervisor = Supervisor(the_plan, options)
+    previous = {sig: signal.signal(sig, supervisor.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return supervisor.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+__all__ = ["ConfigError", "LaunchError", "Plan", "RunOptions", "Supervisor", "plan", "run"]
