@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -49,6 +50,7 @@ ENV_JAVA_OPTS: Final = "THYME_JAVA_OPTS"
 ENV_DYNAMODB_ENDPOINT: Final = "THYME_DYNAMODB_ENDPOINT_URL"
 ENV_STS_ENDPOINT: Final = "THYME_STS_ENDPOINT_URL"
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
+_ERROR_LINE: Final = re.compile(r"\bERROR\b|Exception|\berror\b")
 
 
 class LaunchError(ThymeError):
@@ -240,7 +242,7 @@ class Supervisor:
             lived = time.monotonic() - started
             fast_failures = fast_failures + 1 if lived < self.options.fast_failure_s else 1
             if fast_failures >= self.options.max_fast_failures:
-                reason = "; ".join(line for line in self._tail if " ERROR " in line or "Exception" in line)[-2000:]
+                reason = "; ".join(line for line in self._tail if _ERROR_LINE.search(line))[-2000:]
                 raise LaunchError(
                     f"the KCL daemon exited {fast_failures} times in a row within "
                     f"{self.options.fast_failure_s:.0f}s of starting (last exit status {rc}); "

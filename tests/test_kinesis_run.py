@@ -1,0 +1,214 @@
+"""`thyme kinesis run` without AWS: the rendered properties, the private files, supervision."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from record_processor.config import ProcessorConfig
+from tests.factories import SourcedClick, schema_of
+from thyme import Secret
+from thyme.connectors import KinesisSource
+from thyme.errors import SourceError
+from thyme.kinesis.launcher import LaunchError, Plan, RunOptions, Supervisor, plan
+from thyme.kinesis.properties import KclProperties, build_properties, escape
+
+ARN = "arn:aws:kinesis:eu-west-1:111122223333:stream/click-events"
+ROLE = "arn:aws:iam::444455556666:role/stream-reader"
+
+# Every key Thyme may write, spelt exactly as KCL 3.x's MultiLangDaemonConfiguration bean
+# properties (reference/kcl-multilang.md §2). KCL ignores unknown keys silently.
+KCL_KEYS = {
+    "executableName",
+    "processingLanguage",
+    "streamName",
+    "applicationName",
+    "tableName",
+    "workerId",
+    "regionName",
+    "initialPositionInStream",
+    "initialPositionInStreamExtended",
+    "kinesisEndpoint",
+    "dynamoDBEndpoint",
+    "AwsCredentialsProvider",
+    "AwsCredentialsProviderDynamoDB",
+    "AwsCredentialsProviderCloudWatch",
+    "retrievalMode",
+    "maxRecords",
+    "idleTimeBetweenReadsInMillis",
+    "metricsLevel",
+    "shutdownGraceMillis",
+    "failoverTimeMillis",
+    "shardSyncIntervalMillis",
+    "leaseAssignmentIntervalMillis",
+    "parentShardPollIntervalMillis",
+    "inMemoryWorkerMetricsCaptureFrequencyMillis",
+    "workerMetricsReporterFreqInMillis",
+}
+
+
+def parse(text: str) -> dict[str, str]:
+    pairs = [line.split(" = ", 1) for line in text.splitlines() if line and not line.startswith("#")]
+    return {k: v for k, v in pairs}
+
+
+def test_every_key_is_a_real_kcl_key() -> None:
+    aliases = {f.alias for f in KclProperties.model_fields.values()}
+    assert aliases == KCL_KEYS
+
+
+def test_aws_profile_with_role_assumes_it_for_kinesis_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("READER_ROLE", ROLE)
+    connection = KinesisSource(ARN, init_position="trim_horizon", role_arn=Secret(env="READER_ROLE")).resolve()
+    props = build_properties(connection, dataset="ClickEvent", python="/usr/bin/python3", worker_id="host-1")
+    assert parse(props.render()) == {
+        "executableName": "/usr/bin/python3 -m record_processor",
+        "processingLanguage": "python/3",
+        "streamName": "click-events",
+        "applicationName": "thyme-ClickEvent-click-events",
+        "tableName": "thyme-ClickEvent-click-events",
+        "workerId": "host-1",
+        "regionName": "eu-west-1",
+        "initialPositionInStream": "TRIM_HORIZON",
+        "AwsCredentialsProvider": f"StsAssumeRoleCredentialsProvider|{ROLE}|thyme-ClickEvent-click-events|endpointRegion=eu-west-1",
+        "AwsCredentialsProviderDynamoDB": "DefaultCredentialsProvider",
+        "AwsCredentialsProviderCloudWatch": "DefaultCredentialsProvider",
+        "retrievalMode": "POLLING",
+        "maxRecords": "10000",
+        "idleTimeBetweenReadsInMillis": "250",
+        "metricsLevel": "SUMMARY",
+        "shutdownGraceMillis": "30000",
+        "failoverTimeMillis": "10000",
+    }
+    printed = props.render(redact_credentials=True)
+    assert ROLE not in printed
+    assert (
+        "AwsCredentialsProvider = StsAssumeRoleCredentialsProvider|<redacted>|thyme-ClickEvent-click-events" in printed
+    )
+
+
+def test_local_profile_and_at_timestamp() -> None:
+    connection = KinesisSource(
+        ARN, init_position="2024-05-01T12:00:00.750+02:00", endpoint_url="http://127.0.0.1:4567"
+    ).resolve()
+    props = parse(
+        build_properties(
+            connection,
+            dataset="ClickEvent",
+            python="/py",
+            application_name="my-app",
+            worker_id="w",
+            dynamodb_endpoint_url="http://127.0.0.1:5000",
+        ).render()
+    )
+    assert "initialPositionInStream" not in props
+    assert props["initialPositionInStreamExtended"] == "1714557600"  # whole seconds: KCL rejects fractions
+    assert props["kinesisEndpoint"] == "http://127.0.0.1:4567"
+    assert props["dynamoDBEndpoint"] == "http://127.0.0.1:5000"
+    assert (props["applicationName"], props["tableName"]) == ("my-app", "my-app")
+    assert props["AwsCredentialsProvider"] == "DefaultCredentialsProvider"
+    assert props["metricsLevel"] == "NONE"  # KCL has no CloudWatch endpoint key
+    assert props["shardSyncIntervalMillis"] == "1"
+    assert props["leaseAssignmentIntervalMillis"] == "500"
+
+
+def test_values_are_escaped_not_pasted() -> None:
+    assert escape("a\\b") == "a\\\\b"
+    assert escape(" lead") == "\\ lead"
+    assert escape("café") == "caf\\u00e9"
+    with pytest.raises(ValueError, match="line break"):
+        escape("x\nevil = 1")
+
+
+def test_interpreter_path_with_a_space_is_refused() -> None:
+    connection = KinesisSource(ARN).resolve()
+    with pytest.raises(SourceError, match="KCL splits executableName on spaces"):
+        build_properties(connection, dataset="D", python="/my venv/bin/python")
+
+
+FAKE_JAVA = """\
+#!/bin/sh
+# Stands in for java: records how it was called and the properties file's mode, then exits.
+for last; do :; done
+props="$(echo "$@" | sed 's/.*--properties-file \\([^ ]*\\).*/\\1/')"
+echo "props=$props mode=$(stat -c %a "$props") dir_mode=$(stat -c %a "$(dirname "$props")")" >> "{record}"
+echo "config=$THYME_PROCESSOR_CONFIG" >> "{record}"
+echo "ERROR boom: Reached end of STDIN of child process" >&2
+exit 3
+"""
+
+
+def make_plan(tmp_path: Path, record: Path) -> Plan:
+    java = tmp_path / "java"
+    java.write_text(FAKE_JAVA.format(record=record))
+    java.chmod(0o755)
+    connection = KinesisSource(ARN, role_arn=ROLE).resolve()
+    props = build_properties(connection, dataset="SourcedClick", python=sys.executable, worker_id="w")
+    config = ProcessorConfig(dataset=schema_of(SourcedClick), store_url=f"sqlite:///{tmp_path / 't.db'}")
+    return Plan(props, config, str(java), tmp_path, tmp_path / "logback.xml")
+
+
+def test_supervisor_restarts_then_gives_up_with_the_reason(tmp_path: Path) -> None:
+    record = tmp_path / "calls.txt"
+    options = RunOptions(max_fast_failures=3, fast_failure_s=60)
+    supervisor = Supervisor(make_plan(tmp_path, record), options, err=open(os.devnull, "w"))  # noqa: SIM115
+    supervisor._stopping.wait = lambda timeout=None: False  # type: ignore[method-assign]  # no real backoff
+    with pytest.raises(LaunchError) as info:
+        supervisor.run()
+    assert str(info.value).startswith(
+        "the KCL daemon exited 3 times in a row within 60s of starting (last exit status 3); giving up. "
+        "Last errors: ERROR boom: Reached end of STDIN of child process"
+    )
+    calls = record.read_text().splitlines()
+    assert len(calls) == 6  # three starts, two lines each
+    props_path = Path(calls[0].split()[0].removeprefix("props="))
+    assert "mode=600 dir_mode=700" in calls[0]
+    assert calls[1] == f"config={props_path.parent / 'processor.json'}"
+    assert not props_path.parent.exists()  # the private directory is removed on exit
+
+
+def test_plan_checks_before_anything_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("THYME_KCL_CLASSPATH", str(tmp_path))
+    with pytest.raises(LaunchError, match=f"the KCL jars are missing from {tmp_path}"):
+        plan(SourcedClick, RunOptions(store_url=f"sqlite:///{tmp_path / 't.db'}"))
+    (tmp_path / "amazon-kinesis-client-multilang-3.1.3.jar").write_bytes(b"")
+    found = plan(SourcedClick, RunOptions(store_url=f"sqlite:///{tmp_path / 't.db'}", worker_id="w"))
+    assert found.properties.stream_name == "clicks"
+    assert found.config.lease_table == "thyme-SourcedClick-clicks"
+    assert found.command(Path("/p"))[-4:] == ["--properties-file", "/p", "--log-configuration", str(found.logback)]
+
+
+def test_properties_command_redacts_the_role(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from thyme.cli import main
+
+    app = tmp_path / "app.py"
+    app.write_text(
+        textwrap.dedent(f"""
+        from datetime import datetime
+        from thyme import Field, Secret, dataset, field
+        from thyme.connectors import KinesisSource, source
+
+        @source(KinesisSource(stream_arn={ARN!r}, role_arn=Secret(env="APP_ROLE")), max_lateness="1m")
+        @dataset(index=True)
+        class Clicks:
+            user_id: Field[str] = field(key=True)
+            timestamp: Field[datetime] = field(timestamp=True)
+    """)
+    )
+    monkeypatch.setenv("APP_ROLE", ROLE)
+    assert (
+        main(
+            ["kinesis", "properties", f"{app}:Clicks", "--store", f"sqlite:///{tmp_path / 't.db'}", "--worker-id", "w"]
+        )
+        == 0
+    )
+    out = capsys.readouterr()
+    assert ROLE not in out.out + out.err
+    assert "StsAssumeRoleCredentialsProvider|<redacted>|" in out.out
+    assert "streamName = click-events" in out.out
