@@ -43,5 +43,7 @@ def configure(context: dict[str, Any], level: int = logging.INFO, stream: TextIO
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    for chatty in ("botocore", "boto3", "urllib3"):  # "Found credentials ..." on every child start
+        logging.getLogger(chatty).setLevel(max(level, logging.WARNING))
     logging.captureWarnings(True)
     return formatter
