@@ -6,12 +6,15 @@ real child (``python -m record_processor``) as the daemon would, through pipes.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import os
+import queue
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -224,41 +227,53 @@ def test_batch_that_cannot_be_applied_is_never_acknowledged(store: Store) -> Non
 # -- the real child process -------------------------------------------------------------
 
 
-def start_child(store_url: str, *extra: str) -> subprocess.Popen[str]:
+def start_child(store_url: str, stderr: Path, *extra: str) -> subprocess.Popen[str]:
+    """The child as the daemon starts it; its stderr goes to a file (a full pipe would block it)."""
     env = {**os.environ, "THYME_STORE_URL": store_url, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "record_processor", "--dataset", "tests.factories:SourcedClick", *extra],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=REPO,
-    )
+    with stderr.open("w") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "record_processor", "--dataset", "tests.factories:SourcedClick", *extra],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )
 
 
 def exchange(child: subprocess.Popen[str], line: str) -> dict[str, Any]:
-    """Write one line; return the next non-empty protocol line the child writes."""
+    """Write one line; return the next non-empty protocol line the child writes (30 s at most)."""
     assert child.stdin is not None
     assert child.stdout is not None
+    lines: queue.Queue[str] = getattr(child, "lines", None) or queue.Queue()
+    if not hasattr(child, "lines"):
+        child.lines = lines  # type: ignore[attr-defined]
+        stdout = child.stdout
+
+        def pump() -> None:
+            for text in iter(stdout.readline, ""):
+                lines.put(text)
+
+        threading.Thread(target=pump, daemon=True).start()
     child.stdin.write(line + "\n")
     child.stdin.flush()
     while True:
-        reply = child.stdout.readline()
-        assert reply, "child closed stdout"
+        reply = lines.get(timeout=30)
         if reply.strip():
             return json.loads(reply)  # type: ignore[no-any-return]
 
 
-def test_real_child_speaks_only_protocol_on_stdout(store_url: str) -> None:
-    child = start_child(store_url)
+def test_real_child_speaks_only_protocol_on_stdout(store_url: str, tmp_path: Path) -> None:
+    child = start_child(store_url, tmp_path / "stderr")
     assert exchange(child, initialize()) == status("initialize")
     records = [record_message(n, click(f"u{n}", n), ARRIVAL_MS + n * 60_000) for n in range(1, 4)]
     assert exchange(child, process_records(records)) == checkpoint(seq(3), 0)
     assert exchange(child, checkpoint_reply(seq(3))) == status("processRecords")
     assert exchange(child, json.dumps({"action": "shardEnded"})) == checkpoint(None, None)
     assert exchange(child, checkpoint_reply(None, None)) == status("shardEnded")
-    out, err = child.communicate(timeout=30)  # EOF on stdin ends the child
+    out, _ = child.communicate(timeout=30)  # EOF on stdin ends the child
+    err = (tmp_path / "stderr").read_text()
     assert child.returncode == 0
     assert out.strip() == ""
     for line in err.splitlines():
@@ -275,7 +290,7 @@ def test_real_child_exits_nonzero_when_the_store_is_locked(store_url: str, tmp_p
     path = store_url.removeprefix("sqlite:///")
     open_store(store_url).close()
     holder = sqlite3.connect(path, isolation_level=None)
-    child = start_child(store_url + "?busy_timeout_ms=100", "--give-up-after", "1")
+    child = start_child(store_url + "?busy_timeout_ms=100", tmp_path / "stderr", "--give-up-after", "1")
     assert exchange(child, initialize()) == status("initialize")
     holder.execute("BEGIN IMMEDIATE")
     assert child.stdin is not None
@@ -284,7 +299,9 @@ def test_real_child_exits_nonzero_when_the_store_is_locked(store_url: str, tmp_p
     child.wait(timeout=60)
     holder.execute("ROLLBACK")
     assert child.returncode == EXIT_STORE_UNAVAILABLE
-    assert child.stdout is not None
-    assert child.stdout.read().strip() == ""  # neither checkpoint nor status
-    assert child.stderr is not None
-    assert "held the write lock for more than 100 ms" in child.stderr.read()
+    rest: list[str] = []
+    with contextlib.suppress(queue.Empty):
+        while True:
+            rest.append(child.lines.get(timeout=2))  # type: ignore[attr-defined]
+    assert "".join(rest).strip() == ""  # neither checkpoint nor status
+    assert "held the write lock for more than 100 ms" in (tmp_path / "stderr").read_text()

@@ -181,3 +181,38 @@ def test_two_processes_write_concurrently_without_lock_errors(store_url: str) ->
     assert db.count_rows(SCHEMA) == 2 * 40 * 500
     assert {s.shard: s.applied for s in db.shards(SCHEMA)} == {"shard-0": 20_000, "shard-1": 20_000}
     db.close()
+
+
+def test_lookups_span_both_index_tiers_and_ties_follow_apply_order(tmp_path: Path) -> None:
+    db = open_store(f"sqlite:///{tmp_path / 't.db'}?merge_rows=3")
+    batches = [
+        [row("u1", "/a", T0), row("u2", "/x", T0)],
+        [row("u1", "/b", T0 + timedelta(minutes=1)), row("u3", "/y", T0)],  # 4 entries: merged into main
+        [row("u1", "/c", T0 + timedelta(minutes=1))],  # same key and time as /b, applied later: wins
+        [row("u1", "/old", T0 - timedelta(minutes=1))],
+    ]
+    expect: ShardState | None = None
+    for n, rows in enumerate(batches, start=1):
+        assert db.apply(SCHEMA, Batch("s", state(n, T0), rows), expect) is None
+        expect = state(n, T0)
+
+    def page(key: str, moment: datetime | None = None) -> str | None:
+        found = lookup(ClickEvent, key, at=moment, store=db)
+        return None if found is None else found.page
+
+    assert page("u1") == "/c"
+    assert page("u1", T0 + timedelta(seconds=30)) == "/a"
+    assert page("u1", T0 - timedelta(seconds=1)) == "/old"
+    assert (page("u2"), page("u3")) == ("/x", "/y")
+    assert db.count_rows(SCHEMA) == 6
+    db.close()
+    raw = sqlite3.connect(tmp_path / "t.db")
+    tiers = [raw.execute(f"SELECT count(*) FROM ds_ClickEvent_v1_{t}").fetchone()[0] for t in ("main", "recent")]
+    assert tiers == [4, 2]
+
+
+def test_a_bug_is_not_mistaken_for_an_outage(store: Store) -> None:
+    bad = Batch("s", state(1), [Row(["not", "a", "key"], 0, "{}")])  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.ProgrammingError):
+        store.apply(SCHEMA, bad, None)
+    assert store.shard_state(SCHEMA, "s") is None

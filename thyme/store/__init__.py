@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from thyme.errors import StoreConfigError
 from thyme.store.base import Batch, Conflict, DeadLetter, Position, Row, ShardState, ShardSummary, Store
-from thyme.store.sqlite import DEFAULT_BUSY_TIMEOUT_MS, SQLiteStore
+from thyme.store.sqlite import DEFAULT_BUSY_TIMEOUT_MS, DEFAULT_MERGE_ROWS, SQLiteStore
 
 ENV_STORE_URL: Final = "THYME_STORE_URL"
 DEFAULT_STORE_URL: Final = "sqlite:///thyme.db"
@@ -53,8 +53,9 @@ def redact_url(url: str) -> str:
 def open_store(url: str | None = None) -> Store:
     """Open the store named by ``url`` (see :func:`store_url`).
 
-    ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``; the query parameter
-    ``busy_timeout_ms`` (default 30000) bounds how long a writer waits for the file lock.
+    ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``. Query parameters:
+    ``busy_timeout_ms`` (default 30000) bounds how long a writer waits for the file lock;
+    ``merge_rows`` (default 200000) is the size of the recent index tier.
     """
     url = store_url(url)
     parts = urlsplit(url)
@@ -67,23 +68,26 @@ def open_store(url: str | None = None) -> Store:
                 value=redact_url(url),
             )
         query = parse_qs(parts.query)
-        unknown = set(query) - {"busy_timeout_ms"}
+        options = {"busy_timeout_ms": DEFAULT_BUSY_TIMEOUT_MS, "merge_rows": DEFAULT_MERGE_ROWS}
+        unknown = set(query) - set(options)
         if unknown:
             raise StoreConfigError(
                 "store URL",
                 f"unknown SQLite option {sorted(unknown)[0]}",
-                "The only option is busy_timeout_ms.",
+                f"The options are {' and '.join(options)}.",
                 value=redact_url(url),
             )
-        timeout = query.get("busy_timeout_ms", [str(DEFAULT_BUSY_TIMEOUT_MS)])[-1]
-        if not timeout.isdigit():
-            raise StoreConfigError(
-                "store URL busy_timeout_ms",
-                "must be a whole number of milliseconds",
-                "For example ?busy_timeout_ms=30000.",
-                value=timeout,
-            )
-        return SQLiteStore(Path(parts.path[1:]), busy_timeout_ms=int(timeout))
+        for name, default in options.items():
+            given = query.get(name, [str(default)])[-1]
+            if not given.isdigit() or int(given) < 1:
+                raise StoreConfigError(
+                    f"store URL {name}",
+                    "must be a whole number greater than 0",
+                    f"For example ?{name}={default}.",
+                    value=given,
+                )
+            options[name] = int(given)
+        return SQLiteStore(Path(parts.path[1:]), **options)
     raise StoreConfigError(
         "store URL",
         f"unsupported store scheme {parts.scheme!r}",
