@@ -4,16 +4,14 @@ base64 (strict alphabet) → UTF-8 → exactly one JSON object (msgspec, which r
 surrogates, NaN/Infinity, a BOM and trailing data) → the dataset's fields, by name, with
 their types (extra keys ignored) → timestamps normalised to UTC.
 
-Each record's fate is a value: :class:`Accepted` or a reason string for a dead letter. The
+Each record's fate is a value: an :data:`Accepted` row or a reason string for a dead letter. The
 decoder is compiled once per process from the :class:`~thyme.dataset.DatasetSchema`.
 """
 
 from __future__ import annotations
 
-import binascii
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Final
 
@@ -43,13 +41,9 @@ class InvalidValueError(Exception):
         super().__init__(f"schema: {path}: {what}")
 
 
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    """A record that decoded and validated: its key, event time (µs UTC) and row JSON."""
-
-    key: str | int
-    ts_us: int
-    data: str
+Accepted = tuple[str | int, int, str]
+"""A record that decoded and validated: ``(key, event time in µs UTC, row JSON)`` — a plain
+tuple, which is what the store inserts (no per-record object on the hot path)."""
 
 
 def to_utc_us(value: datetime | int | float, path: str) -> tuple[datetime, int]:
@@ -153,15 +147,8 @@ class RecordDecoder:
             if not f.timestamp and (norm := _normaliser(f.type, f.name)) is not None
         ]
 
-    def decode_base64(self, data: str) -> bytes | str:
-        """Strict base64 (no characters outside the alphabet, correct padding); reason on failure."""
-        try:
-            return binascii.a2b_base64(data, strict_mode=True)
-        except (binascii.Error, ValueError):
-            return INVALID_BASE64
-
     def decode(self, raw: bytes) -> Accepted | str:
-        """Decode one record's bytes; an :class:`Accepted` row or the dead-letter reason."""
+        """Decode one record's bytes; an :data:`Accepted` row or the dead-letter reason."""
         try:
             record = self._decoder.decode(raw)
         except msgspec.ValidationError as exc:
@@ -181,4 +168,4 @@ class RecordDecoder:
                 setattr(record, name, norm(getattr(record, name)))
         except InvalidValueError as exc:
             return str(exc)
-        return Accepted(getattr(record, self._key), ts_us, self._encode(record).decode())
+        return (getattr(record, self._key), ts_us, self._encode(record).decode())

@@ -15,6 +15,7 @@ it to amazon-kclpy). Per batch:
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections import Counter
@@ -22,7 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from record_processor.decode import RecordDecoder
+from record_processor.decode import INVALID_BASE64, RecordDecoder
+from record_processor.envelope import InputRecord
 from record_processor.lateness import LatenessPolicy
 from thyme.dataset import DatasetSchema
 from thyme.errors import StoreUnavailableError
@@ -33,19 +35,6 @@ T = TypeVar("T")
 
 MAX_CONFLICTS = 20
 """Recomputations allowed for one batch before giving up (each needs another writer's commit)."""
-
-
-@dataclass(frozen=True, slots=True)
-class InputRecord:
-    """A record as delivered by the daemon."""
-
-    data: str
-    """Base64, as the daemon sends it."""
-    partition_key: str
-    sequence: str
-    sub_sequence: int
-    arrival_ms: int | None
-    """Kinesis approximate arrival time, ms since the epoch."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +119,17 @@ class ShardWorker:
 
     def process(self, records: Sequence[InputRecord]) -> BatchOutcome:
         """Apply one delivered batch; return what happened. Raises :class:`BatchFailedError`."""
+        # A batch makes ~10 objects per record and no reference cycles: the cyclic collector
+        # would only rescan them (measured: 10-14% of the child's time). Paused per batch.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._process(records)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _process(self, records: Sequence[InputRecord]) -> BatchOutcome:
         started = self._clock()
         attempts = 0
         conflicts = 0
@@ -178,58 +178,57 @@ class ShardWorker:
 
     def _build(self, records: Sequence[InputRecord], expect: ShardState | None) -> tuple[Batch, BatchOutcome]:
         base = expect or ShardState(watermark_us=self._inherited_watermark)
+        outcome = BatchOutcome(received=len(records))
+        if not records:
+            return Batch(self.shard, base), outcome
         after = base.position
+        first = Position(int(records[0].sequence), records[0].sub_sequence)
+        outcome.last = last = Position(int(records[-1].sequence), records[-1].sub_sequence)
+        if after is not None and first <= after:  # a replay, in part or whole: skip what is applied
+            fresh = [r for r in records if Position(int(r.sequence), r.sub_sequence) > after]
+            outcome.replayed = len(records) - len(fresh)
+            records = fresh
+            if not records:
+                return Batch(self.shard, base), outcome
         watermark = base.watermark_us
-        decoder, judge = self.decoder, self.lateness.judge
+        decode, judge = self.decoder.decode, self.lateness.judge
         rows: list[Row] = []
         dead: list[DeadLetter] = []
-        outcome = BatchOutcome(received=len(records))
         now_ms = int(self._clock() * 1000)
-        last = after
         for record in records:
-            position = Position(int(record.sequence), record.sub_sequence)
-            if after is not None and position <= after:
-                outcome.replayed += 1
-                continue
-            if last is None or position > last:
-                last = position
-            raw: bytes | str = record.data.encode()
             try:
-                raw = decoder.decode_base64(record.data)
-                if isinstance(raw, str):
-                    reason, raw = raw, record.data.encode()
+                if record.base64_error:
+                    reason = INVALID_BASE64
                 else:
-                    result = decoder.decode(raw)
+                    result = decode(record.data)
                     if isinstance(result, str):
                         reason = result
                     else:
-                        arrival = record.arrival_ms if record.arrival_ms is not None else now_ms
-                        late = judge(result.ts_us, arrival, watermark)
+                        ts_us = result[1]
+                        arrival = record.arrival_ms
+                        late = judge(ts_us, now_ms if arrival is None else arrival, watermark)
                         if late is None:
-                            rows.append(Row(result.key, result.ts_us, result.data))
-                            if watermark is None or result.ts_us > watermark:
-                                watermark = result.ts_us
+                            rows.append(result)
+                            if watermark is None or ts_us > watermark:
+                                watermark = ts_us
                             continue
                         reason = late
             except Exception as exc:  # a bug must not stall the shard: keep the record, say why
                 log.exception("unexpected error decoding a record; dead-lettered")
                 reason = f"internal_error: {type(exc).__name__}"
-            assert isinstance(raw, bytes)
             dead.append(
                 DeadLetter(
                     self.shard,
                     record.sequence,
                     record.sub_sequence,
                     record.partition_key,
-                    raw,
+                    record.data,
                     reason,
                     record.arrival_ms,
                 )
             )
             outcome.dead_letters[_reason_class(reason)] += 1
         outcome.applied = len(rows)
-        if records:
-            outcome.last = Position(int(records[-1].sequence), records[-1].sub_sequence)
         state = ShardState(position=last, watermark_us=watermark, ended=base.ended)
         return Batch(self.shard, state, rows, dead), outcome
 

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from record_processor.decode import Accepted, RecordDecoder, to_utc_us
+from record_processor.decode import RecordDecoder, to_utc_us
+from record_processor.envelope import InputRecord, decode_process_records, from_base64
 from record_processor.lateness import FUTURE_TIMESTAMP, LATE, LatenessPolicy
 from tests.factories import ClickEvent, Purchase, b64, schema_of
 
@@ -27,20 +28,20 @@ def click(**overrides: object) -> bytes:
 
 def test_accepts_and_normalises_to_utc() -> None:
     result = CLICKS.decode(click(timestamp="2024-05-01T14:00:00+02:00", extra={"ignored": True}))
-    assert result == Accepted("u1", T0_US, '{"user_id":"u1","page":"/home","timestamp":"2024-05-01T12:00:00Z"}')
+    assert result == ("u1", T0_US, '{"user_id":"u1","page":"/home","timestamp":"2024-05-01T12:00:00Z"}')
 
 
 @pytest.mark.parametrize("epoch", [1714564800, 1714564800.0, 1714564800000, 1714564800000000, 1714564800000000000])
 def test_epoch_units_by_magnitude(epoch: float) -> None:
     result = CLICKS.decode(click(timestamp=epoch))
-    assert isinstance(result, Accepted)
-    assert result.ts_us == T0_US
+    assert isinstance(result, tuple)
+    assert result[1] == T0_US
 
 
 def test_fractional_epoch_seconds_keep_microseconds() -> None:
     result = CLICKS.decode(click(timestamp=1714564800.123456))
-    assert isinstance(result, Accepted)
-    assert result.ts_us == T0_US + 123456
+    assert isinstance(result, tuple)
+    assert result[1] == T0_US + 123456
 
 
 @pytest.mark.parametrize(
@@ -96,9 +97,9 @@ def purchase(**overrides: object) -> bytes:
 
 def test_every_type() -> None:
     result = PURCHASES.decode(purchase(amount=3, coupon=...))  # int for float is fine; optional may be absent
-    assert isinstance(result, Accepted)
-    assert result.key == 42
-    assert json.loads(result.data) == {
+    assert isinstance(result, tuple)
+    assert result[0] == 42
+    assert json.loads(result[2]) == {
         "order_id": 42,
         "ts": "2024-05-01T12:00:00Z",
         "amount": 3.0,
@@ -135,10 +136,45 @@ def test_every_type_wrong(overrides: dict[str, object], reason: str) -> None:
 
 
 def test_base64_is_strict() -> None:
-    assert CLICKS.decode_base64(b64(click())) == click()
-    assert CLICKS.decode_base64("eyJ@") == "invalid_base64"
-    assert CLICKS.decode_base64("eyJ") == "invalid_base64"  # bad padding
-    assert CLICKS.decode_base64("ey J9") == "invalid_base64"
+    def record(data: str) -> InputRecord:
+        return from_base64(data, "pk", "1", 0, 0)
+
+    assert record(b64(click())) == InputRecord(click(), "pk", "1", 0, 0, False)
+    for bad in ("eyJ@", "eyJ", "ey J9"):  # outside the alphabet, bad padding, a blank
+        assert record(bad) == InputRecord(bad.encode(), "pk", "1", 0, 0, True)
+
+
+def test_a_whole_process_records_line_decodes_in_one_pass() -> None:
+    line = json.dumps(
+        {
+            "action": "processRecords",
+            "millisBehindLatest": 12,
+            "records": [
+                {
+                    "action": "record",
+                    "data": b64(click()),
+                    "partitionKey": "u1",
+                    "sequenceNumber": "5",
+                    "subSequenceNumber": 2,
+                    "approximateArrivalTimestamp": 1714564800000,
+                },
+                {
+                    "action": "record",
+                    "data": "not base64!",
+                    "partitionKey": "u2",
+                    "sequenceNumber": "6",
+                    "subSequenceNumber": 0,
+                    "approximateArrivalTimestamp": 1714564800001,
+                },
+            ],
+        }
+    )
+    message = decode_process_records(line)
+    assert message.millis_behind_latest == 12
+    assert message.records == [
+        InputRecord(click(), "u1", "5", 2, 1714564800000, False),
+        InputRecord(b"not base64!", "u2", "6", 0, 1714564800001, True),  # only this one is marked
+    ]
 
 
 def test_to_utc_us() -> None:
@@ -165,7 +201,7 @@ def test_lateness_policy() -> None:
 @given(st.binary(max_size=300))
 def test_fuzz_arbitrary_bytes_never_raise(raw: bytes) -> None:
     result = CLICKS.decode(raw)
-    assert isinstance(result, Accepted | str)
+    assert isinstance(result, tuple | str)
 
 
 json_values = st.recursive(
@@ -182,8 +218,8 @@ def test_fuzz_json_objects_are_accepted_or_explained(body: dict[str, object]) ->
     assert isinstance(result, str)  # a purchase needs order_id: never accepted here
     assert result.startswith("schema: ")
     result = CLICKS.decode(json.dumps(body).encode())
-    if isinstance(result, Accepted):
+    if isinstance(result, tuple):
         assert isinstance(body["user_id"], str)
-        assert isinstance(json.loads(result.data), dict)
+        assert isinstance(json.loads(result[2]), dict)
     else:
         assert result.startswith("schema: ")

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from record_processor.kcl import EXIT_STORE_UNAVAILABLE, KclProcessor
+from record_processor.kcl import EXIT_STORE_UNAVAILABLE, KclProcessor, kcl_process
 from record_processor.lateness import LatenessPolicy
 from record_processor.log import JsonLines
 from record_processor.processor import RetryPolicy, ShardWorker
@@ -61,8 +61,6 @@ def checkpoint(sequence: str | None, sub: int | None) -> dict[str, Any]:
 
 def drive(store: Store, lines: list[str], retry: RetryPolicy | None = None) -> list[dict[str, Any]]:
     """Run the kclpy loop over ``lines``; return every message the child wrote to stdout."""
-    from amazon_kclpy import kcl
-
     worker = ShardWorker(SCHEMA, LatenessPolicy(timedelta(minutes=5), timedelta(hours=1)), store, retry)
     stdin, stdout, stderr = io.StringIO("\n".join(lines) + "\n"), io.StringIO(), io.StringIO()
     context: dict[str, object] = {"component": "record_processor"}
@@ -72,7 +70,7 @@ def drive(store: Store, lines: list[str], retry: RetryPolicy | None = None) -> l
     root.addHandler(handler)
     level = root.level
     root.setLevel(logging.INFO)
-    process = kcl.KCLProcess(KclProcessor(worker, context, sleep=lambda s: None), stdin, stdout, stderr)
+    process = kcl_process(KclProcessor(worker, context, sleep=lambda s: None), stdin, stdout, stderr)
     try:
         process.run()
     finally:

@@ -35,7 +35,7 @@ def us(moment: datetime) -> int:
 
 def row(key: str, page: str, moment: datetime) -> Row:
     data = json.dumps({"user_id": key, "page": page, "timestamp": moment.isoformat().replace("+00:00", "Z")})
-    return Row(key, us(moment), data)
+    return (key, us(moment), data)
 
 
 def state(seq: int, wm: datetime | None = None) -> ShardState:
@@ -212,7 +212,7 @@ def test_lookups_span_both_index_tiers_and_ties_follow_apply_order(tmp_path: Pat
 
 
 def test_a_bug_is_not_mistaken_for_an_outage(store: Store) -> None:
-    bad = Batch("s", state(1), [Row(["not", "a", "key"], 0, "{}")])  # type: ignore[arg-type]
+    bad = Batch("s", state(1), [(["not", "a", "key"], 0, "{}")])  # type: ignore[list-item]
     with pytest.raises(sqlite3.ProgrammingError):
         store.apply(SCHEMA, bad, None)
     assert store.shard_state(SCHEMA, "s") is None

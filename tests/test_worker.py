@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from record_processor.envelope import InputRecord, from_base64
 from record_processor.lateness import LatenessPolicy
-from record_processor.processor import BatchFailedError, InputRecord, RetryPolicy, ShardWorker
+from record_processor.processor import BatchFailedError, RetryPolicy, ShardWorker
 from tests.factories import ClickEvent, b64, schema_of, seq
 from thyme.errors import StoreUnavailableError
 from thyme.lookup import lookup
@@ -25,11 +26,11 @@ POLICY = LatenessPolicy(timedelta(minutes=5), timedelta(hours=1))
 def rec(n: int, user: str, minutes: float, page: str = "/", sub: int = 0, arrival_ms: int | None = None) -> InputRecord:
     moment = T0 + timedelta(minutes=minutes)
     payload = {"user_id": user, "page": page, "timestamp": moment.isoformat()}
-    return InputRecord(b64(payload), user, seq(n), sub, T0_MS + 3_600_000 if arrival_ms is None else arrival_ms)
+    return from_base64(b64(payload), user, seq(n), sub, T0_MS + 3_600_000 if arrival_ms is None else arrival_ms)
 
 
 def raw(n: int, data: bytes | str) -> InputRecord:
-    return InputRecord(data if isinstance(data, str) else b64(data), "pk", seq(n), 0, T0_MS)
+    return from_base64(data if isinstance(data, str) else b64(data), "pk", seq(n), 0, T0_MS)
 
 
 def worker(store: Store, **kwargs: Any) -> ShardWorker:

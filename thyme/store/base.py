@@ -72,13 +72,9 @@ class DeadLetter:
     """Filled in by the store when read back."""
 
 
-@dataclass(frozen=True)
-class Row:
-    """An accepted event ready to store: key, event time (µs UTC) and the row as JSON."""
-
-    key: Key
-    ts_us: int
-    data: str
+Row = tuple[Key, int, str]
+"""An accepted event ready to store: ``(key, event time in µs since the epoch UTC, row as JSON)``.
+A plain tuple: the record processor makes one per record on its hot path."""
 
 
 @dataclass

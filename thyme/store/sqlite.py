@@ -240,11 +240,11 @@ class SQLiteStore:
         base = db.execute(f'SELECT coalesce(max(rid), 0) FROM "{table}"').fetchone()[0] + 1
         rows = batch.rows
         db.executemany(
-            f'INSERT INTO "{table}" (rid, row) VALUES (?, ?)', [(base + i, r.data) for i, r in enumerate(rows)]
+            f'INSERT INTO "{table}" (rid, row) VALUES (?, ?)', [(base + i, data) for i, (_, _, data) in enumerate(rows)]
         )
         db.executemany(
             f'INSERT INTO "{table}_recent" (key, ts, rid) VALUES (?, ?, ?)',
-            [(r.key, r.ts_us, base + i) for i, r in enumerate(rows)],
+            [(key, ts, base + i) for i, (key, ts, _) in enumerate(rows)],
         )
         (recent,) = db.execute(
             "UPDATE thyme_datasets SET recent_rows = recent_rows + ? WHERE name = ? AND version = ? "
