@@ -182,12 +182,10 @@ class KinesisSource:
 
     def _pick_region(self, region: str | None) -> str:
         arn_region = self._arn["region"]
-        if region is not None:
-            origin, value = "KinesisSource(region=...)", region
-        elif os.environ.get(ENV_REGION):
-            origin, value = f"{ENV_REGION} (environment)", os.environ[ENV_REGION]
-        else:
+        picked = _explicit_or_env(region, "region", ENV_REGION)
+        if picked is None:
             return arn_region
+        origin, value = picked
         if not isinstance(value, str) or not _REGION.fullmatch(value):
             raise SourceError(origin, "not an AWS region name", 'Use a name such as "us-east-1".', value=value)
         if value != arn_region:
@@ -201,12 +199,10 @@ class KinesisSource:
 
     @staticmethod
     def _pick_endpoint(endpoint_url: str | None) -> str | None:
-        if endpoint_url is not None:
-            origin, value = "KinesisSource(endpoint_url=...)", endpoint_url
-        elif os.environ.get(ENV_ENDPOINT_URL):
-            origin, value = f"{ENV_ENDPOINT_URL} (environment)", os.environ[ENV_ENDPOINT_URL]
-        else:
+        picked = _explicit_or_env(endpoint_url, "endpoint_url", ENV_ENDPOINT_URL)
+        if picked is None:
             return None
+        origin, value = picked
         parts = urlsplit(value) if isinstance(value, str) else None
         if (
             parts is None
@@ -222,6 +218,7 @@ class KinesisSource:
                 'Use http(s)://host[:port] without credentials, for example "http://127.0.0.1:4566".',
                 value=value if parts is None or parts.username is None else REDACTED,
             )
+        assert isinstance(value, str)  # urlsplit accepted it
         return value.rstrip("/")
 
     @staticmethod
@@ -301,6 +298,16 @@ class KinesisSource:
             f"format={self._format!r}, role_arn={shown}, region={self._region!r}, "
             f"endpoint_url={self._endpoint_url!r})"
         )
+
+
+def _explicit_or_env(value: object, parameter: str, env: str) -> tuple[str, object] | None:
+    """``(where it came from, value)``: the argument if given, else the environment variable if
+    set and not empty, else None. An explicit argument always wins."""
+    if value is not None:
+        return f"KinesisSource({parameter}=...)", value
+    if os.environ.get(env):
+        return f"{env} (environment)", os.environ[env]
+    return None
 
 
 def _check_role_arn(value: str, where: str, secret: bool = False) -> None:
