@@ -291,7 +291,10 @@ class LocalAWS:
             "KINESIS_MOCK_PLAIN_PORT": str(kinesis_port),
             "KINESIS_MOCK_TLS_PORT": str(tls_port),
         }
-        moto_env = {**os.environ, "MOTO_ACCOUNT_ID": ACCOUNT_ID, "PYTHONUNBUFFERED": "1"}
+        # No MOTO_ACCOUNT_ID: it would pin every call to one account whatever credentials sign
+        # it, and the e2e tests check that an assumed role's calls land in the role's account
+        # (moto's default account is already ACCOUNT_ID).
+        moto_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         try:
             kinesis = self._spawn(
                 "kinesis-mock",

@@ -7,15 +7,9 @@ application, and ends with the store holding each produced record exactly once.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -159,46 +153,10 @@ def producers() -> Iterator[list[Producer]]:
 
 
 @pytest.fixture
-def moto_by_credentials(aws: dict[str, str], tmp_path: Path) -> Iterator[str]:
-    """A private moto server (DynamoDB + STS) that keeps accounts apart by credentials.
-
-    The shared stack's moto runs with ``MOTO_ACCOUNT_ID`` set, which puts every call in that
-    account whatever its credentials, so it cannot tell where a table was created.
-    """
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k != "MOTO_ACCOUNT_ID"}
-    url = f"http://127.0.0.1:{port}"
-    with (tmp_path / "moto.log").open("wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def answers() -> bool:
-        assert server.poll() is None, (tmp_path / "moto.log").read_text()
-        try:
-            with urllib.request.urlopen(f"{url}/moto-api/data.json", timeout=2):
-                return True
-        except OSError:
-            return False
-
-    try:
-        wait_for(answers, 30, "the private moto server to answer")
-        yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(server.pid, signal.SIGTERM)
-        try:
-            server.wait(5)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(5)
+def moto_by_credentials(aws: dict[str, str]) -> str:
+    """The stack's moto server (DynamoDB + STS). It runs without ``MOTO_ACCOUNT_ID``, so it keeps
+    accounts apart by the credentials that sign each call, and a table shows where it was made."""
+    return aws["THYME_DYNAMODB_ENDPOINT_URL"]
 
 
 # -- 1. initial position ---------------------------------------------------------------------
