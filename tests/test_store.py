@@ -187,7 +187,7 @@ def test_lookups_span_both_index_tiers_and_ties_follow_apply_order(tmp_path: Pat
     db = open_store(f"sqlite:///{tmp_path / 't.db'}?merge_rows=3")
     batches = [
         [row("u1", "/a", T0), row("u2", "/x", T0)],
-        [row("u1", "/b", T0 + timedelta(minutes=1)), row("u3", "/y", T0)],  # 4 entries: merged into main
+        [row("u1", "/b", T0 + timedelta(minutes=1)), row("u3", "/y", T0)],  # 4 > 3: lowest keys to main
         [row("u1", "/c", T0 + timedelta(minutes=1))],  # same key and time as /b, applied later: wins
         [row("u1", "/old", T0 - timedelta(minutes=1))],
     ]
@@ -208,7 +208,7 @@ def test_lookups_span_both_index_tiers_and_ties_follow_apply_order(tmp_path: Pat
     db.close()
     raw = sqlite3.connect(tmp_path / "t.db")
     tiers = [raw.execute(f"SELECT count(*) FROM ds_ClickEvent_v1_{t}").fetchone()[0] for t in ("main", "recent")]
-    assert tiers == [4, 2]
+    assert tiers == [3, 3]  # the lowest keys moved to main: u1 at T0 and T0+1m, then u1 at T0-1m
 
 
 def test_a_bug_is_not_mistaken_for_an_outage(store: Store) -> None:
@@ -216,3 +216,20 @@ def test_a_bug_is_not_mistaken_for_an_outage(store: Store) -> None:
     with pytest.raises(sqlite3.ProgrammingError):
         store.apply(SCHEMA, bad, None)
     assert store.shard_state(SCHEMA, "s") is None
+
+
+def test_recent_tier_never_outgrows_merge_rows(tmp_path: Path) -> None:
+    db = open_store(f"sqlite:///{tmp_path / 't.db'}?merge_rows=40")
+    raw = sqlite3.connect(tmp_path / "t.db")
+    expect: ShardState | None = None
+    for n in range(1, 31):
+        rows = [row(f"k{(n * 7919 + i * 104729) % 1000:03d}", f"/{n}-{i}", T0 + timedelta(seconds=i)) for i in range(9)]
+        assert db.apply(SCHEMA, Batch("s", state(n, T0), rows), expect) is None
+        expect = state(n, T0)
+        recent, main = (
+            raw.execute(f"SELECT count(*) FROM ds_ClickEvent_v1_{t}").fetchone()[0] for t in ("recent", "main")
+        )
+        assert recent <= 40
+        assert recent + main == 9 * n
+    assert db.count_rows(SCHEMA) == 270
+    db.close()
