@@ -159,17 +159,19 @@ class ShardWorker:
 
     def shard_ended(self) -> None:
         """Record that the shard was read to its end (its children may inherit its watermark)."""
-        state = self._base()
-        ended = ShardState(position=state.position, watermark_us=state.watermark_us, ended=True)
 
         def mark() -> None:
+            # Recomputed on every attempt: if another worker moved the state meanwhile, its
+            # position and watermark are kept, never overwritten with this worker's older ones.
+            state = self._base()
+            ended = ShardState(position=state.position, watermark_us=state.watermark_us, ended=True)
             conflict = self.store.apply(self.schema, Batch(self.shard, ended), self.stored)
             if conflict is not None:
                 self.stored = conflict.current
                 raise StoreUnavailableError("shard state changed while marking the shard ended")
+            self.stored = ended
 
         self._retrying("shard_ended", mark)
-        self.stored = ended
 
     # -- internals --------------------------------------------------------------------------
 

@@ -181,3 +181,15 @@ def test_shard_end_is_recorded(store: Store) -> None:
     assert state is not None
     assert state.ended
     assert state.position == Position(int(seq(1)))
+
+
+def test_shard_end_keeps_a_newer_owners_state(store: Store) -> None:
+    old = worker(store)
+    old.process([rec(1, "u1", 0)])
+    new = worker(store)
+    new.process([rec(2, "u2", 5)])
+    old.shard_ended()  # the old owner's view is seq(1); the store's is seq(2)
+    state = store.shard_state(SCHEMA, "shardId-000000000000")
+    assert state is not None
+    assert (state.ended, state.position) == (True, Position(int(seq(2))))
+    assert state.watermark_us == int((T0 + timedelta(minutes=5)).timestamp() * 1_000_000)
