@@ -38,7 +38,7 @@ DEFAULT_MERGE_ROWS: Final = 200_000
 CACHE_KIB: Final = 32 * 1024
 """SQLite page cache per connection: holds the recent index tier; bounds the child's memory."""
 MERGE_CHUNKS: Final = 8
-"""Past ``merge_rows``, each write moves 1/8 of the recent tier (its lowest keys) into main."""
+"""Past ``merge_rows``, each write moves 1/8 of the recent tier (the next key range) into main."""
 WAL_AUTOCHECKPOINT_PAGES: Final = 10_000
 """Checkpoint the WAL every ~40 MB instead of SQLite's 4 MB: index pages touched by several
 batches are copied into the database once (measured 32k → 70k rows/s at 5M rows alone)."""
@@ -46,7 +46,8 @@ batches are copied into the database once (measured 32k → 70k rows/s at 5M row
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS thyme_datasets (
     name TEXT NOT NULL, version INTEGER NOT NULL, schema_json TEXT NOT NULL,
-    created_at_us INTEGER NOT NULL, recent_rows INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (name, version)
+    created_at_us INTEGER NOT NULL, recent_rows INTEGER NOT NULL DEFAULT 0,
+    merge_key, merge_ts INTEGER, merge_rid INTEGER, PRIMARY KEY (name, version)
 );
 CREATE TABLE IF NOT EXISTS thyme_shards (
     dataset TEXT NOT NULL, shard TEXT NOT NULL,
@@ -256,23 +257,40 @@ class SQLiteStore:
             (len(rows), dataset.name, dataset.version),
         ).fetchone()
         if recent > self._merge_rows:
-            # Move the lowest keys of the recent tier into main: read in (key, ts, rid) order
-            # they land in main sequentially, and as one contiguous key range they dirty only
-            # that range's pages, so a transaction's memory stays bounded however large main
-            # grows. A chunk is never smaller than the batch, so the tier cannot keep growing.
-            chunk = max(self._merge_rows // MERGE_CHUNKS, len(rows))
-            bound = db.execute(
-                f'SELECT key, ts, rid FROM "{table}_recent" ORDER BY key, ts, rid LIMIT 1 OFFSET ?', (chunk - 1,)
-            ).fetchone()
-            where = "WHERE (key, ts, rid) <= (?, ?, ?)"
-            db.execute(
-                f'INSERT INTO "{table}_main" (key, ts, rid) SELECT key, ts, rid FROM "{table}_recent" {where}', bound
-            )
-            moved = db.execute(f'DELETE FROM "{table}_recent" {where}', bound).rowcount
-            db.execute(
-                "UPDATE thyme_datasets SET recent_rows = recent_rows - ? WHERE name = ? AND version = ?",
-                (moved, dataset.name, dataset.version),
-            )
+            self._merge_chunk(db, dataset, max(self._merge_rows // MERGE_CHUNKS, len(rows)))
+
+    def _merge_chunk(self, db: sqlite3.Connection, dataset: DatasetSchema, chunk: int) -> None:
+        """Move the next ``chunk`` recent entries after the merge cursor into main.
+
+        The cursor sweeps the key space round and round, so every key range is merged once per
+        sweep with a sweep's worth of entries (like merging the whole tier at once), while one
+        transaction only dirties the pages of one contiguous key range of main: a child's
+        memory stays bounded however large main grows. Read in (key, ts, rid) order, the
+        entries land in main sequentially.
+        """
+        table = table_name(dataset)
+        ident = (dataset.name, dataset.version)
+        cursor = db.execute(
+            "SELECT merge_key, merge_ts, merge_rid FROM thyme_datasets WHERE name = ? AND version = ?", ident
+        ).fetchone()
+        after, args = ("", ()) if cursor[0] is None else ("WHERE (key, ts, rid) > (?, ?, ?)", tuple(cursor))
+        bound = db.execute(
+            f'SELECT key, ts, rid FROM "{table}_recent" {after} ORDER BY key, ts, rid LIMIT 1 OFFSET ?',
+            (*args, chunk - 1),
+        ).fetchone()
+        span = after.replace("WHERE", "AND") if bound is not None else after
+        where = f"WHERE (key, ts, rid) <= (?, ?, ?) {span}" if bound is not None else span
+        bounds = (*bound, *args) if bound is not None else args
+        db.execute(
+            f'INSERT INTO "{table}_main" (key, ts, rid) SELECT key, ts, rid FROM "{table}_recent" {where}', bounds
+        )
+        moved = db.execute(f'DELETE FROM "{table}_recent" {where}', bounds).rowcount
+        next_cursor = tuple(bound) if bound is not None else (None, None, None)  # past the end: start over
+        db.execute(
+            "UPDATE thyme_datasets SET recent_rows = recent_rows - ?, merge_key = ?, merge_ts = ?, merge_rid = ? "
+            "WHERE name = ? AND version = ?",
+            (moved, *next_cursor, *ident),
+        )
 
     def shards(self, dataset: DatasetSchema) -> list[ShardSummary]:
         rows = self._db.execute(
