@@ -72,6 +72,18 @@ def _cmd_kinesis_properties(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_kinesis_status(args: argparse.Namespace) -> int:
+    from thyme.kinesis.status import as_json, as_table, status
+    from thyme.loader import load_dataset
+
+    rows, reasons = status(load_dataset(args.dataset), _run_options(args))
+    if args.json:
+        sys.stdout.write(msgspec.json.encode(as_json(rows, reasons)).decode() + "\n")
+    else:
+        sys.stdout.write(as_table(rows, reasons))
+    return 0
+
+
 def _cmd_kinesis_run(args: argparse.Namespace) -> int:
     from record_processor.log import configure
     from thyme.kinesis.launcher import run
@@ -141,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_options(props)
     props.set_defaults(handler=_cmd_kinesis_properties)
+    status = kinesis_commands.add_parser(
+        "status",
+        help="per shard: lease owner, KCL checkpoint, store position, watermark, counters",
+        description="Read the KCL lease table and the store: one row per shard, then dead letters by reason.",
+    )
+    _add_run_options(status)
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.set_defaults(handler=_cmd_kinesis_status)
     return parser
 
 

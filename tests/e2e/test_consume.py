@@ -11,7 +11,7 @@ from typing import Any
 
 import streams
 
-from tests.e2e.harness import THYME, Ledger, StoreView, click, events, now, produce, unique, write_app
+from tests.e2e.harness import THYME, Ledger, StoreView, click, events, now, produce, unique, wait_for, write_app
 from thyme.loader import load_dataset
 from thyme.lookup import lookup
 
@@ -67,6 +67,58 @@ def test_records_land_once_with_lookups_and_dead_letters(kinesis: Any, new_consu
         [THYME, "lookup", f"{app}:Clicks", "u7", "--store", url], capture_output=True, text=True, check=True
     )
     assert json.loads(out.stdout)["n"] == max(e["n"] for e in valid if e["user_id"] == "u7")
+
+    # thyme kinesis status: the lease table and the store agree once each batch is checkpointed
+    def status() -> dict[str, Any]:
+        out = subprocess.run(
+            [
+                THYME,
+                "kinesis",
+                "status",
+                f"{app}:Clicks",
+                "--store",
+                url,
+                "--application-name",
+                consumer.application,
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=consumer.env,
+        )
+        return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+    def agreed() -> dict[str, Any] | None:
+        found = status()
+        shards = found["shards"]
+        same = all(s["kcl_checkpoint"] == s["store_position"].removesuffix("/0") for s in shards)
+        return found if len(shards) == 2 and same else None
+
+    found = wait_for(agreed, 30, "the KCL checkpoints to reach the store positions")
+    assert {s["lease_owner"] for s in found["shards"]} == {consumer.worker_id}
+    assert sum(s["applied"] for s in found["shards"]) == len(valid)
+    assert found["dead_letters_by_reason"] == dict(ledger.rejected)
+    table = subprocess.run(
+        [THYME, "kinesis", "status", f"{app}:Clicks", "--store", url, "--application-name", consumer.application],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=consumer.env,
+    ).stdout
+    assert table.splitlines()[0].split() == [
+        "shard",
+        "owner",
+        "renewals",
+        "kcl",
+        "checkpoint",
+        "store",
+        "position",
+        "watermark",
+        "applied",
+        "dead",
+    ]
+    assert "shardId-000000000000" in table and "late" in table
 
     assert consumer.stop() == 0
     log = consumer.log_text()

@@ -1,0 +1,145 @@
+"""``thyme kinesis status``: per shard, who holds the lease, what KCL checkpointed, what the
+store applied, the watermark and the counters — without a console.
+
+Reads the KCL lease table (DynamoDB, the consumer's own account and default credentials, so
+no role secret is needed) and the Thyme store.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from thyme.connectors.source import source_spec
+from thyme.dataset import dataset_schema
+from thyme.errors import LoadError
+from thyme.kinesis.launcher import ENV_DYNAMODB_ENDPOINT, RunOptions
+from thyme.kinesis.properties import default_application_name
+from thyme.store import open_store
+
+
+@dataclass(frozen=True)
+class ShardStatus:
+    """One shard as the lease table and the store see it."""
+
+    shard: str
+    lease_owner: str | None
+    lease_counter: int | None
+    """Incremented by KCL at every lease renewal: a counter that stops moving means a dead owner."""
+    kcl_checkpoint: str | None
+    store_position: str | None
+    watermark: str | None
+    ended: bool
+    applied: int
+    dead_lettered: int
+    store_updated_at: str | None
+
+
+def _iso_us(us: int | None) -> str | None:
+    if us is None:
+        return None
+    return datetime.fromtimestamp(us / 1_000_000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def read_leases(table: str, region: str, endpoint_url: str | None) -> dict[str, dict[str, Any]]:
+    """Shard id → lease item (owner, counter, checkpoint) from the KCL lease table; {} if none yet."""
+    import boto3
+
+    client = boto3.client("dynamodb", region_name=region, endpoint_url=endpoint_url)
+    leases: dict[str, dict[str, Any]] = {}
+    try:
+        for page in client.get_paginator("scan").paginate(TableName=table, ConsistentRead=True):
+            for item in page["Items"]:
+                key = item.get("leaseKey", {}).get("S")
+                if key is None or "checkpoint" not in item:
+                    continue  # KCL keeps other entities in some tables
+                leases[key] = {
+                    "owner": item.get("leaseOwner", {}).get("S"),
+                    "counter": int(item["leaseCounter"]["N"]) if "leaseCounter" in item else None,
+                    "checkpoint": item["checkpoint"].get("S"),
+                    "sub": int(item.get("checkpointSubSequenceNumber", {}).get("N", "0")),
+                }
+    except client.exceptions.ResourceNotFoundException:
+        return {}
+    return leases
+
+
+def status(
+    klass: type, options: RunOptions, environ: Mapping[str, str] | None = None
+) -> tuple[list[ShardStatus], dict[str, int]]:
+    """Every shard known to the lease table or the store, and the dead letters by reason."""
+    environ = os.environ if environ is None else environ
+    schema, spec = dataset_schema(klass), source_spec(klass)
+    if schema is None or spec is None:
+        raise LoadError(f"{getattr(klass, '__name__', klass)} is not a @source(KinesisSource(...)) @dataset class")
+    connector = spec.connector
+    table = options.application_name or default_application_name(schema.name, connector.stream_name)
+    endpoint = options.dynamodb_endpoint_url or environ.get(ENV_DYNAMODB_ENDPOINT) or connector.endpoint_url
+    leases = read_leases(table, connector.region, endpoint)
+    store = open_store(options.store_url)
+    try:
+        shards = {s.shard: s for s in store.shards(schema)}
+        reasons = store.dead_letter_counts(schema)
+    finally:
+        store.close()
+    rows = []
+    for shard in sorted(set(leases) | set(shards)):
+        lease, stored = leases.get(shard, {}), shards.get(shard)
+        checkpoint = lease.get("checkpoint")
+        if checkpoint is not None and lease.get("sub"):
+            checkpoint = f"{checkpoint}/{lease['sub']}"
+        rows.append(
+            ShardStatus(
+                shard=shard,
+                lease_owner=lease.get("owner"),
+                lease_counter=lease.get("counter"),
+                kcl_checkpoint=checkpoint,
+                store_position=None if stored is None or stored.state.position is None else str(stored.state.position),
+                watermark=None if stored is None else _iso_us(stored.state.watermark_us),
+                ended=bool(stored and stored.state.ended),
+                applied=0 if stored is None else stored.applied,
+                dead_lettered=0 if stored is None else stored.dead_lettered,
+                store_updated_at=None if stored is None else _iso_us(stored.updated_at_us),
+            )
+        )
+    return rows, reasons
+
+
+def as_json(rows: list[ShardStatus], reasons: dict[str, int]) -> dict[str, Any]:
+    return {"shards": [asdict(r) for r in rows], "dead_letters_by_reason": reasons}
+
+
+def as_table(rows: list[ShardStatus], reasons: dict[str, int]) -> str:
+    """A plain-text table; long sequence numbers are shortened to their last 12 digits."""
+
+    def short(value: str | None) -> str:
+        if value is None:
+            return "-"
+        return value if len(value) <= 16 else "…" + value[-12:]
+
+    header = ("shard", "owner", "renewals", "kcl checkpoint", "store position", "watermark", "applied", "dead")
+    lines = [
+        (
+            r.shard + (" (ended)" if r.ended else ""),
+            r.lease_owner or "-",
+            "-" if r.lease_counter is None else str(r.lease_counter),
+            short(r.kcl_checkpoint),
+            short(r.store_position),
+            r.watermark or "-",
+            str(r.applied),
+            str(r.dead_lettered),
+        )
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
+    if not rows:
+        out.append("(no shard has a lease or stored state yet)")
+    out.append("")
+    out.append("dead letters by reason:" if reasons else "no dead letters")
+    out += [f"  {count:8}  {reason}" for reason, count in reasons.items()]
+    return "\n".join(out) + "\n"
