@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import textwrap
@@ -212,3 +213,32 @@ def test_properties_command_redacts_the_role(
     assert ROLE not in out.out + out.err
     assert "StsAssumeRoleCredentialsProvider|<redacted>|" in out.out
     assert "streamName = click-events" in out.out
+
+
+def test_dead_letters_command_lists_escaped_payloads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from thyme.cli import main
+    from thyme.store import Batch, DeadLetter, Position, ShardState, open_store
+
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    schema = schema_of(SourcedClick)
+    store = open_store(url)
+    letters = [
+        DeadLetter("shardId-1", "11", 0, "pk", b"\xff\xfe\x1b[31m", "invalid_utf8", 5),
+        DeadLetter("shardId-1", "12", 0, "pk", b'{"user_id": "u", "timestamp": 1}', "schema: page: missing", 6),
+    ]
+    assert store.apply(schema, Batch("shardId-1", ShardState(Position(12)), [], letters), None) is None
+    store.close()
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
+    assert main(["kinesis", "dead-letters", "tests.factories:SourcedClick", "--store", url]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e["sequence"], e["reason"], e["payload"]) for e in lines] == [
+        ("11", "invalid_utf8", "\\xff\\xfe\x1b[31m"),
+        ("12", "schema: page: missing", '{"user_id": "u", "timestamp": 1}'),
+    ]
+    assert (
+        main(["kinesis", "dead-letters", "tests.factories:SourcedClick", "--store", url, "--reason", "invalid_utf8"])
+        == 0
+    )
+    assert len(capsys.readouterr().out.splitlines()) == 1

@@ -84,6 +84,34 @@ def _cmd_kinesis_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_kinesis_dead_letters(args: argparse.Namespace) -> int:
+    from thyme.dataset import dataset_schema
+    from thyme.loader import load_dataset
+    from thyme.store import open_store
+
+    schema = dataset_schema(load_dataset(args.dataset))
+    assert schema is not None
+    store = open_store(args.store)
+    try:
+        letters = store.dead_letters(schema, reason=args.reason, limit=args.limit)
+    finally:
+        store.close()
+    for letter in letters:
+        entry = {
+            "shard": letter.shard,
+            "sequence": letter.sequence,
+            "sub_sequence": letter.sub_sequence,
+            "partition_key": letter.partition_key,
+            "reason": letter.reason,
+            "arrival_ms": letter.arrival_ms,
+            "recorded_at_us": letter.recorded_at_us,
+            # the payload as text with undecodable bytes escaped (\xNN), never raw to a terminal
+            "payload": letter.raw.decode("utf-8", "backslashreplace"),
+        }
+        sys.stdout.write(msgspec.json.encode(entry).decode() + "\n")
+    return 0
+
+
 def _cmd_kinesis_run(args: argparse.Namespace) -> int:
     from record_processor.log import configure
     from thyme.kinesis.launcher import run
@@ -161,6 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(status)
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.set_defaults(handler=_cmd_kinesis_status)
+    dead = kinesis_commands.add_parser(
+        "dead-letters",
+        help="list dead letters as JSON lines (reason, shard, sequence, payload escaped)",
+        description="Print the dataset's dead letters, oldest first, one JSON object per line.",
+    )
+    dead.add_argument("dataset", metavar="MODULE:DATASET")
+    dead.add_argument("--store", default=None, help="store URL (default: $THYME_STORE_URL or sqlite:///thyme.db)")
+    dead.add_argument("--reason", default=None, help='only this reason, e.g. late or "invalid_json"')
+    dead.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
+    dead.set_defaults(handler=_cmd_kinesis_dead_letters)
     return parser
 
 
