@@ -2,7 +2,8 @@
 # Set up everything the project needs on a fresh machine, idempotently:
 #   - a virtualenv in .venv (Python >= 3.11),
 #   - the KCL MultiLangDaemon classpath (.kcl/lib, via Maven) and amazon-kclpy (scripts/setup_kcl.sh),
-#   - this package with its development extras, editable.
+#   - the PostgreSQL server binaries (Debian's postgresql, when missing and running as root),
+#   - this package with its development extras (psycopg included), editable.
 # A second run with nothing changed does no network work.
 set -euo pipefail
 
@@ -23,6 +24,23 @@ pick_python() {
     log "no Python >= 3.11 found; install one (or set THYME_PYTHON)"
     exit 1
 }
+
+# The PostgreSQL server binaries: the tests start a throwaway server (tests/pg_server.py).
+have_initdb() {
+    command -v initdb >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
+}
+if ! have_initdb; then
+    if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        log "installing PostgreSQL from Debian (the tests start their own server)"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >&2
+    fi
+    have_initdb || {
+        log "PostgreSQL's initdb was not found (on PATH or in /usr/lib/postgresql/*/bin); the tests need it:"
+        log "install the PostgreSQL server (Debian/Ubuntu: apt-get install postgresql, as root)"
+        exit 1
+    }
+fi
 
 for tool in java mvn; do
     command -v "$tool" >/dev/null 2>&1 || { log "$tool is required (a JDK >= 11 and Maven) for the KCL daemon"; exit 1; }

@@ -1,4 +1,8 @@
-"""Shared fixtures: a store per backend (the contract suite runs against each)."""
+"""Shared fixtures: a store per backend (the contract suite runs against each).
+
+The PostgreSQL backend runs against a real server the tests start themselves
+(``tests/pg_server.py``), once per session; each test gets a database of its own.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,29 @@ from pathlib import Path
 
 import pytest
 
+from tests.pg_server import PgServer
 from thyme.store import Store, open_store
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A PostgreSQL server on 127.0.0.1 for the whole session; fails (never skips) if it cannot start."""
+    server = PgServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty store URL for each backend."""
-    assert request.param == "sqlite"
-    return f"sqlite:///{tmp_path / 'thyme.db'}"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'thyme.db'}"
+    assert request.param == "postgresql"
+    server: PgServer = request.getfixturevalue("pg_server")
+    return server.create_database()
 
 
 @pytest.fixture

@@ -282,10 +282,11 @@ def test_real_child_speaks_only_protocol_on_stdout(store_url: str, tmp_path: Pat
     db.close()
 
 
-def test_real_child_exits_nonzero_when_the_store_is_locked(store_url: str, tmp_path: Path) -> None:
+def test_real_child_exits_nonzero_when_the_store_is_locked(tmp_path: Path) -> None:
     import sqlite3
 
-    path = store_url.removeprefix("sqlite:///")
+    path = str(tmp_path / "thyme.db")
+    store_url = f"sqlite:///{path}"
     open_store(store_url).close()
     holder = sqlite3.connect(path, isolation_level=None)
     child = start_child(store_url + "?busy_timeout_ms=100", tmp_path / "stderr", "--give-up-after", "1")

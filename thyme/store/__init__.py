@@ -1,4 +1,5 @@
-"""Store selection: ``--store URL`` or ``THYME_STORE_URL``; an embedded SQLite file by default."""
+"""Store selection: ``--store URL`` or ``THYME_STORE_URL``; an embedded SQLite file by default,
+PostgreSQL (``postgresql://…``) when consumers on several hosts share one store."""
 
 from __future__ import annotations
 
@@ -56,6 +57,10 @@ def open_store(url: str | None = None) -> Store:
     ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``. Query parameters:
     ``busy_timeout_ms`` (default 30000) bounds how long a writer waits for the file lock;
     ``merge_rows`` (default 200000) is the size of the recent index tier.
+
+    ``postgresql://user:password@host:5432/dbname`` (or ``postgres://…``): a PostgreSQL
+    database, shared by consumers on several hosts; query parameters are libpq's (``sslmode``,
+    ``connect_timeout``, …). Needs ``pip install 'thyme-kinesis[postgres]'``.
     """
     url = store_url(url)
     parts = urlsplit(url)
@@ -88,9 +93,23 @@ def open_store(url: str | None = None) -> Store:
                 )
             options[name] = int(given)
         return SQLiteStore(Path(parts.path[1:]), **options)
+    if parts.scheme in ("postgresql", "postgres"):
+        try:
+            from thyme.store.postgres import PostgresStore
+        except ImportError as exc:
+            if exc.name is not None and not exc.name.startswith("psycopg"):
+                raise
+            missing = "is not installed" if exc.name is not None else f"cannot be loaded ({exc})"
+            raise StoreConfigError(
+                "store URL",
+                f"a PostgreSQL store needs the psycopg package, which {missing}",
+                "Run: pip install 'thyme-kinesis[postgres]'.",
+                value=redact_url(url),
+            ) from None
+        return PostgresStore(url)
     raise StoreConfigError(
         "store URL",
         f"unsupported store scheme {parts.scheme!r}",
-        "Use sqlite:///path/to/thyme.db.",
+        "Use sqlite:///path/to/thyme.db or postgresql://user:password@host:5432/dbname.",
         value=redact_url(url),
     )

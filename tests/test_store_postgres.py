@@ -1,0 +1,337 @@
+"""The PostgreSQL store beyond the shared contract: outages, credentials, racing writers.
+
+The contract suite (``test_store.py``, ``test_worker.py``, ``test_protocol.py``) already runs
+against PostgreSQL through the parametrized ``store`` fixture; these tests cover what only a
+server has: it can go away and come back, refuse a password, and serve writers on other hosts.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+import psycopg
+import pytest
+
+from record_processor.lateness import LatenessPolicy
+from record_processor.processor import RetryPolicy, ShardWorker
+from tests.factories import ClickEvent, Purchase, b64, schema_of, seq
+from tests.pg_server import PASSWORD, PgServer
+from thyme.errors import StoreConfigError, StoreUnavailableError
+from thyme.store import Batch, Conflict, Position, Row, ShardState, open_store, redact_url
+from thyme.store.postgres import SCHEMA_VERSION, PostgresStore, table_name
+
+SCHEMA = schema_of(ClickEvent)
+T0 = datetime(2024, 5, 1, 12, tzinfo=UTC)
+T0_US = int(T0.timestamp() * 1_000_000)
+
+
+def row(key: str, page: str, offset_s: int = 0) -> Row:
+    return (key, T0_US + offset_s * 1_000_000, json.dumps({"user_id": key, "page": page, "timestamp": "x"}))
+
+
+def state(n: int) -> ShardState:
+    return ShardState(Position(n, 0), T0_US)
+
+
+def assert_no_password(text: str) -> None:
+    assert PASSWORD not in text
+    assert quote(PASSWORD, safe="") not in text
+
+
+@pytest.fixture
+def own_server() -> Iterator[PgServer]:
+    """A server of this test's own, which it may stop and start."""
+    server = PgServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+def test_outage_is_unavailable_then_the_same_store_recovers(own_server: PgServer) -> None:
+    url = own_server.create_database()
+    db = open_store(url)
+    assert db.apply(SCHEMA, Batch("s", state(1), [row("u1", "/a")]), None) is None
+
+    own_server.stop()
+    with pytest.raises(StoreUnavailableError) as info:
+        db.apply(SCHEMA, Batch("s", state(2), [row("u1", "/b", 1)]), state(1))
+    assert "PostgreSQL store postgresql://thyme:***@127.0.0.1" in str(info.value)
+    assert_no_password(str(info.value))
+    with pytest.raises(StoreUnavailableError, match="cannot connect"):
+        db.shard_state(SCHEMA, "s")  # the next call tries a new connection, which is refused
+    with pytest.raises(StoreUnavailableError, match="cannot connect") as opening:
+        open_store(url)
+    assert_no_password(str(opening.value))
+
+    own_server.start()
+    assert db.apply(SCHEMA, Batch("s", state(2), [row("u1", "/b", 1)]), state(1)) is None
+
+    # restarted between two calls: the dead connection is found on the first statement and
+    # replaced, so the apply goes through without the caller seeing an error
+    own_server.stop()
+    own_server.start()
+    assert db.apply(SCHEMA, Batch("s", state(3), [row("u1", "/c", 2)]), state(2)) is None
+    assert db.count_rows(SCHEMA) == 3
+    assert db.lookup(SCHEMA, "u1", T0_US + 10_000_000) == row("u1", "/c", 2)[2]
+    db.close()
+
+
+def test_worker_rides_out_a_server_restart(own_server: PgServer) -> None:
+    db = open_store(own_server.create_database())
+    worker = ShardWorker(
+        SCHEMA, LatenessPolicy(timedelta(minutes=5), timedelta(hours=1)), db, RetryPolicy(give_up_after_s=60)
+    )
+    worker.initialize("shardId-000000000000")
+    arrival_ms = int(T0.timestamp() * 1000)
+    from record_processor.envelope import from_base64
+
+    def rec(n: int) -> Any:
+        payload = {"user_id": f"u{n}", "page": "/", "timestamp": T0.isoformat()}
+        return from_base64(b64(payload), "pk", seq(n), 0, arrival_ms)
+
+    assert worker.process([rec(1)]).applied == 1
+    own_server.stop()
+    restart = threading.Timer(1.0, own_server.start)
+    restart.start()
+    try:
+        outcome = worker.process([rec(2), rec(3)])
+    finally:
+        restart.join()
+    assert outcome.applied == 2
+    assert outcome.attempts > 1
+    assert db.count_rows(SCHEMA) == 3
+    db.close()
+
+
+def test_wrong_password_is_one_clear_line_without_the_password(pg_server: PgServer) -> None:
+    good = pg_server.create_database()
+    wrong = "not-the-p@ssword-7x"
+    url = good.replace(quote(PASSWORD, safe=""), quote(wrong, safe=""))
+    with pytest.raises(StoreConfigError) as info:
+        open_store(url)
+    message = str(info.value)
+    assert message == (
+        'store URL: PostgreSQL refused the connection: password authentication failed for user "thyme" '
+        f"(got {redact_url(url)!r}). Check the user, password, host and database in the store URL."
+    )
+    assert "\n" not in message
+    assert wrong not in message
+    assert quote(wrong, safe="") not in message
+    assert_no_password(message)
+    with pytest.raises(StoreConfigError, match='database "nope" does not exist'):
+        open_store(pg_server.url("nope"))
+
+
+def test_user_without_create_privilege_is_told_what_to_grant(pg_server: PgServer) -> None:
+    url = pg_server.create_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE ROLE reader LOGIN PASSWORD 'reader-pw'")
+    limited = url.replace(f"thyme:{quote(PASSWORD, safe='')}@", "reader:reader-pw@")
+    with pytest.raises(StoreConfigError) as info:
+        open_store(limited)
+    assert str(info.value) == (
+        "store URL: the user cannot create Thyme's tables (permission denied for schema public) "
+        f"(got {redact_url(limited)!r}). Grant it CREATE on the schema (PostgreSQL 15+: GRANT CREATE ON SCHEMA "
+        "public TO the user)."
+    )
+
+
+def test_unreachable_server_is_unavailable_and_redacted(pg_server: PgServer) -> None:
+    url = pg_server.url("x").replace(f":{pg_server.port}/", ":1/")
+    with pytest.raises(StoreUnavailableError, match="cannot connect") as info:
+        open_store(url + "?connect_timeout=2")
+    assert_no_password(str(info.value))
+    assert "\n" not in str(info.value)
+
+
+def test_bad_url_parameter_is_a_config_error(pg_server: PgServer) -> None:
+    with pytest.raises(StoreConfigError, match='invalid URI query parameter: "journal"'):
+        open_store(pg_server.url("x") + "?journal=off")
+
+
+def test_postgres_scheme_and_psycopg_missing(pg_server: PgServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = pg_server.create_database().replace("postgresql://", "postgres://")
+    db = open_store(url)
+    assert isinstance(db, PostgresStore)
+    assert db.url == redact_url(url)
+    db.close()
+    import sys
+
+    monkeypatch.delitem(sys.modules, "thyme.store.postgres")
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    with pytest.raises(StoreConfigError) as info:
+        open_store(url)
+    assert str(info.value) == (
+        "store URL: a PostgreSQL store needs the psycopg package, which is not installed "
+        f"(got {redact_url(url)!r}). Run: pip install 'thyme-kinesis[postgres]'."
+    )
+
+
+def test_tables_are_versioned_and_int_keys_are_bigint(pg_server: PgServer) -> None:
+    url = pg_server.create_database()
+    db = open_store(url)
+    purchase = schema_of(Purchase)
+    row_json = json.dumps({"order_id": 2**40})
+    assert db.apply(purchase, Batch("s", state(1), [(2**40, 5, row_json)]), None) is None
+    assert db.lookup(purchase, 2**40, 5) == row_json
+    assert db.lookup(purchase, 2**40, 4) is None
+    assert db.lookup(purchase, 2**70, 5) is None  # out of bigint range: cannot be stored
+    db.close()
+    open_store(url).close()  # a second open finds the tables in place
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT version FROM thyme_schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        types = conn.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s ORDER BY 1",
+            (table_name(purchase),),
+        ).fetchall()
+        assert dict(types) == {"key": "bigint", "rid": "bigint", "row": "text", "ts": "bigint"}
+
+
+def test_long_dataset_names_get_distinct_tables(pg_server: PgServer) -> None:
+    db = open_store(pg_server.create_database())
+    long_a = SCHEMA.model_copy(update={"name": "A" * 60 + "one"})
+    long_b = SCHEMA.model_copy(update={"name": "A" * 60 + "two"})
+    assert table_name(long_a) != table_name(long_b)
+    assert max(len(table_name(long_a)), len(table_name(long_b))) <= 63
+    assert db.apply(long_a, Batch("s", state(1), [row("u", "/a")]), None) is None
+    assert db.apply(long_b, Batch("s", state(1), [row("u", "/b"), row("v", "/b")]), None) is None
+    assert (db.count_rows(long_a), db.count_rows(long_b)) == (1, 2)
+    db.close()
+
+
+# -- writers racing on the same shard ---------------------------------------------------
+
+RACERS = 3
+ROUNDS = 15
+
+
+def _racer(url: str, me: int, barrier: Any, results: Any) -> None:
+    """Each round: every racer applies its own batch to a new shard from ``None``, then all apply
+    again from the state they read back. Exactly one may win each time."""
+    db = open_store(url)  # the database is fresh: every racer creates the tables at once
+    barrier.wait()
+    for r in range(ROUNDS):
+        shard = f"race-{r}"
+        expect: ShardState | None = None
+        for phase in range(2):
+            rows = [row(f"{shard}-{phase}-{me}-{i}", "/", i) for i in range(200)]
+            barrier.wait()
+            outcome = db.apply(SCHEMA, Batch(shard, state(100 * (phase + 1) + me), rows), expect)
+            results.put((r, phase, me, outcome))
+            barrier.wait()
+            expect = db.shard_state(SCHEMA, shard)
+    db.close()
+
+
+def test_racing_writers_on_one_shard_exactly_one_wins(pg_server: PgServer) -> None:
+    url = pg_server.create_database()
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(RACERS)
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_racer, args=(url, me, barrier, results)) for me in range(RACERS)]
+    for p in procs:
+        p.start()
+    outcomes: dict[tuple[int, int], dict[int, Conflict | None]] = {}
+    for _ in range(ROUNDS * 2 * RACERS):
+        r, phase, me, outcome = results.get(timeout=120)
+        outcomes.setdefault((r, phase), {})[me] = outcome
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    db = open_store(url)
+    for (r, phase), by_racer in sorted(outcomes.items()):
+        winners = [me for me, outcome in by_racer.items() if outcome is None]
+        assert len(winners) == 1, (r, phase, by_racer)
+        won = state(100 * (phase + 1) + winners[0])
+        assert all(o == Conflict(won) for me, o in by_racer.items() if me != winners[0]), (r, phase, by_racer)
+        if phase == 1:
+            assert db.shard_state(SCHEMA, f"race-{r}") == won
+    assert db.count_rows(SCHEMA) == ROUNDS * 2 * 200  # only the winners' rows
+    assert {s.applied for s in db.shards(SCHEMA)} == {400}
+    db.close()
+
+
+class GatedRows(list[Row]):
+    """Rows whose iteration (inside the store's COPY, so inside its transaction) stops after the
+    first row until ``gate`` is set: the writer holds the shard's row lock meanwhile."""
+
+    def __init__(self, rows: list[Row], gate: threading.Event, inside: threading.Event) -> None:
+        super().__init__(rows)
+        self.gate = gate
+        self.inside = inside
+
+    def __iter__(self) -> Iterator[Row]:
+        for n, item in enumerate(super().__iter__()):
+            if n == 1:
+                self.inside.set()
+                assert self.gate.wait(30)
+            yield item
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-shard", "existing-shard"])
+def test_a_writer_waits_for_the_lock_holder_then_conflicts(pg_server: PgServer, existing: bool) -> None:
+    url = pg_server.create_database()
+    first, second = open_store(url), open_store(url)
+    expect = None
+    if existing:
+        assert first.apply(SCHEMA, Batch("s", state(1), [row("u0", "/")]), None) is None
+        expect = state(1)
+    gate, inside = threading.Event(), threading.Event()
+    results: dict[str, Conflict | None] = {}
+    holder = threading.Thread(
+        target=lambda: results.setdefault(
+            "first",
+            first.apply(SCHEMA, Batch("s", state(2), GatedRows([row("a", "/"), row("b", "/")], gate, inside)), expect),
+        )
+    )
+    holder.start()
+    try:
+        assert inside.wait(30)  # the first writer is mid-transaction, holding the shard row
+        racer = threading.Thread(
+            target=lambda: results.setdefault(
+                "second", second.apply(SCHEMA, Batch("s", state(3), [row("c", "/")]), expect)
+            )
+        )
+        racer.start()
+        racer.join(0.5)
+        assert racer.is_alive()  # blocked on the shard row, not deciding on a stale read
+        gate.set()
+        holder.join(30)
+        racer.join(30)
+    finally:
+        gate.set()
+    assert results == {"first": None, "second": Conflict(state(2))}
+    assert first.shard_state(SCHEMA, "s") == state(2)
+    assert first.count_rows(SCHEMA) == (3 if existing else 2)
+    first.close()
+    second.close()
+
+
+def test_real_child_exits_nonzero_when_postgres_is_down(own_server: PgServer, tmp_path: Any) -> None:
+    from record_processor.kcl import EXIT_STORE_UNAVAILABLE
+    from tests.factories import process_records, record_message
+    from tests.test_protocol import ARRIVAL_MS, click, exchange, initialize, start_child
+
+    url = own_server.create_database()
+    child = start_child(url, tmp_path / "stderr", "--give-up-after", "1")
+    assert exchange(child, initialize()) == {"action": "status", "responseFor": "initialize"}
+    own_server.stop()
+    assert child.stdin is not None
+    child.stdin.write(process_records([record_message(1, click("u1", 0), ARRIVAL_MS)]) + "\n")
+    child.stdin.flush()
+    assert child.wait(timeout=60) == EXIT_STORE_UNAVAILABLE
+    err = (tmp_path / "stderr").read_text()
+    assert "PostgreSQL store postgresql://thyme:***@127.0.0.1" in err
+    assert_no_password(err)
+    own_server.start()
+    db = open_store(url)
+    assert db.count_rows(schema_of(ClickEvent).model_copy(update={"name": "SourcedClick"})) == 0
+    db.close()
