@@ -1,4 +1,4 @@
-"""The store contract: what every backend (SQLite, later PostgreSQL) must guarantee.
+"""The store contract: what every backend (SQLite, PostgreSQL) must guarantee.
 
 A store holds, per dataset, every accepted event keyed and versioned by event time; per
 (dataset, shard) the position of the last applied record and the shard's watermark; and the
