@@ -81,6 +81,7 @@ def new_consumer(aws: dict[str, str], tmp_path: Path, consumers: list[Consumer])
         application: str | None = None,
         worker_id: str = "w1",
         env: dict[str, str] | None = None,
+        store_url: str | None = None,
     ) -> Consumer:
         consumer = Consumer(
             app,
@@ -89,6 +90,7 @@ def new_consumer(aws: dict[str, str], tmp_path: Path, consumers: list[Consumer])
             worker_id,
             {**os.environ, **aws, **(env or {})},
             tmp_path / f"consumer-{len(consumers)}.log",
+            store_url=store_url,
         )
         consumers.append(consumer)
         return consumer

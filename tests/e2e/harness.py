@@ -66,9 +66,17 @@ class Consumer:
     """One ``thyme kinesis run`` process, as a user starts it."""
 
     def __init__(
-        self, app: Path, store: Path, application: str, worker_id: str, env: Mapping[str, str], log: Path
+        self,
+        app: Path,
+        store: Path,
+        application: str,
+        worker_id: str,
+        env: Mapping[str, str],
+        log: Path,
+        store_url: str | None = None,
     ) -> None:
         self.app, self.store, self.application, self.worker_id = app, store, application, worker_id
+        self.store_url = store_url or f"sqlite:///{store}"
         self.env = dict(env)
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
@@ -81,7 +89,7 @@ class Consumer:
             "run",
             f"{self.app}:Clicks",
             "--store",
-            f"sqlite:///{self.store}",
+            self.store_url,
             "--application-name",
             self.application,
             "--worker-id",
