@@ -140,8 +140,38 @@ def test_user_without_create_privilege_is_told_what_to_grant(pg_server: PgServer
     assert str(info.value) == (
         "store URL: the user cannot create Thyme's tables (permission denied for schema public) "
         f"(got {redact_url(limited)!r}). Grant it CREATE on the schema (PostgreSQL 15+: GRANT CREATE ON SCHEMA "
-        "public TO the user)."
+        "public TO the user), or have an admin run the script `thyme store migrate MODULE:DATASET --print` prints."
     )
+
+
+def test_migrate_print_lets_an_admin_create_the_tables_for_a_read_write_user(
+    pg_server: PgServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from thyme.cli import main
+
+    url = pg_server.create_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE ROLE writer LOGIN PASSWORD 'writer-pw'")
+    limited = url.replace(f"thyme:{quote(PASSWORD, safe='')}@", "writer:writer-pw@")
+    # --print only renders: it creates nothing, even as a user who could
+    assert main(["store", "migrate", "tests.factories:ClickEvent", "--store", url, "--print"]) == 0
+    script = capsys.readouterr().out
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('thyme_shards')").fetchone() == (None,)
+        conn.execute(script)  # the admin reviews and runs it, then grants read/write only
+        conn.execute(script)  # idempotent
+        conn.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO writer")
+    schema = schema_of(ClickEvent)
+    store = open_store(limited)  # no CREATE right needed now
+    rows: list[Row] = [
+        ("u1", 1_000_000, json.dumps({"user_id": "u1", "page": "/", "timestamp": "1970-01-01T00:00:01Z"}))
+    ]
+    assert store.apply(schema, Batch("s", ShardState(Position(1), 1_000_000), rows), None) is None
+    assert store.count_rows(schema) == 1
+    store.close()
+    # without --print the command applies the same, idempotently
+    assert main(["store", "migrate", "tests.factories:ClickEvent", "--store", url]) == 0
+    assert "is ready for tests.factories:ClickEvent" in capsys.readouterr().err
 
 
 def test_unreachable_server_is_unavailable_and_redacted(pg_server: PgServer) -> None:

@@ -149,6 +149,41 @@ def _add_run_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--failover-ms", type=int, default=10_000, help="failoverTimeMillis")
 
 
+def _cmd_store_migrate(args: argparse.Namespace) -> int:
+    from thyme.dataset import dataset_schema
+    from thyme.errors import StoreConfigError
+    from thyme.loader import load_dataset
+    from thyme.store import open_store, redact_url, store_url
+
+    schemas = [dataset_schema(load_dataset(target, require_source=False)) for target in args.datasets]
+    url = store_url(args.store)
+    if args.print:
+        if not url.startswith(("postgresql:", "postgres:")):
+            raise StoreConfigError(
+                "thyme store migrate --print",
+                "only a PostgreSQL store has a script to review",
+                "The SQLite store creates its tables itself; run without --print.",
+                value=redact_url(url),
+            )
+        from thyme.store.postgres import PostgresStore
+
+        store = PostgresStore(url, create_tables=False)
+        try:
+            sys.stdout.write(store.migration_script([s for s in schemas if s is not None]))
+        finally:
+            store.close()
+        return 0
+    db = open_store(url)  # creates or upgrades Thyme's own tables
+    try:
+        for schema in schemas:
+            assert schema is not None
+            db.ensure_dataset(schema)  # creates the dataset's tables; refuses changed fields
+    finally:
+        db.close()
+    sys.stderr.write(f"thyme: store {redact_url(url)} is ready for {', '.join(args.datasets)}\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="thyme", description="Thyme feature platform: Kinesis ingestion and lookups.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -164,6 +199,20 @@ def build_parser() -> argparse.ArgumentParser:
     lookup.add_argument("--at", type=_at, default=None, help="ISO-8601 time with a zone (default: now)")
     lookup.add_argument("--store", default=None, help="store URL (default: $THYME_STORE_URL or sqlite:///thyme.db)")
     lookup.set_defaults(handler=_cmd_lookup)
+
+    store = commands.add_parser("store", help="manage the store")
+    store_commands = store.add_subparsers(dest="store_command", required=True)
+    migrate = store_commands.add_parser(
+        "migrate",
+        help="create or upgrade the store's tables for datasets (--print: show the SQL instead)",
+        description="Create or upgrade Thyme's tables and each dataset's tables. With --print (PostgreSQL), "
+        "print the SQL script instead, for a DBA to review and run with an admin user; consumers then "
+        "only need to read and write.",
+    )
+    migrate.add_argument("datasets", metavar="MODULE:DATASET", nargs="+")
+    migrate.add_argument("--store", default=None, help="store URL (default: $THYME_STORE_URL or sqlite:///thyme.db)")
+    migrate.add_argument("--print", action="store_true", help="print the SQL instead of running it (PostgreSQL)")
+    migrate.set_defaults(handler=_cmd_store_migrate)
 
     kinesis = commands.add_parser("kinesis", help="run and inspect Kinesis consumers")
     kinesis_commands = kinesis.add_subparsers(dest="kinesis_command", required=True)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
@@ -160,7 +160,9 @@ class _DatasetSQL:
 class PostgresStore:
     """The PostgreSQL store. Safe for many processes and hosts; one instance per process."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, create_tables: bool = True) -> None:
+        """Connect; with ``create_tables`` (the default), create Thyme's tables if they are missing.
+        ``create_tables=False`` only connects (``thyme store migrate --print`` changes nothing)."""
         from thyme.store import redact_url
 
         self.url = redact_url(url)
@@ -175,7 +177,7 @@ class PostgresStore:
         self._sql: dict[tuple[str, int], _DatasetSQL] = {}
         self._begun = False
         try:
-            self._run(self._ensure_tables, what="open")
+            self._run(self._ensure_tables if create_tables else lambda conn: None, what="open")
         except BaseException as exc:
             self._drop()
             if not isinstance(exc, errors.InsufficientPrivilege):
@@ -183,7 +185,8 @@ class PostgresStore:
             raise StoreConfigError(
                 "store URL",
                 f"the user cannot create Thyme's tables ({self._scrub(exc)})",
-                "Grant it CREATE on the schema (PostgreSQL 15+: GRANT CREATE ON SCHEMA public TO the user).",
+                "Grant it CREATE on the schema (PostgreSQL 15+: GRANT CREATE ON SCHEMA public TO the user), "
+                "or have an admin run the script `thyme store migrate MODULE:DATASET --print` prints.",
                 value=self.url,
             ) from None
 
@@ -260,9 +263,15 @@ class PostgresStore:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             self._begun = True
-            conn.execute("CREATE TABLE IF NOT EXISTS thyme_schema_version (version INTEGER NOT NULL)")
-            found = conn.execute("SELECT max(version) FROM thyme_schema_version").fetchone()
-            version = None if found is None else found[0]
+            # No DDL when the tables exist: a consumer whose user may only read and write (the
+            # tables created by `thyme store migrate` under an admin user) starts as well.
+            (exists,) = conn.execute("SELECT to_regclass('thyme_schema_version') IS NOT NULL").fetchone() or (False,)
+            version = None
+            if exists:
+                found = conn.execute("SELECT max(version) FROM thyme_schema_version").fetchone()
+                version = None if found is None else found[0]
+            else:
+                conn.execute("CREATE TABLE IF NOT EXISTS thyme_schema_version (version INTEGER NOT NULL)")
             if version is None:
                 for statement in _TABLES.split(";"):
                     if statement.strip():
@@ -275,6 +284,38 @@ class PostgresStore:
                     "Upgrade thyme-kinesis on this host.",
                     value=self.url,
                 )
+
+    def migration_script(self, datasets: Sequence[DatasetSchema]) -> str:
+        """The SQL that creates Thyme's tables (at :data:`SCHEMA_VERSION`) and the given datasets'
+        tables, for a DBA to review and run (``thyme store migrate --print``). Idempotent: it can
+        be run on a store that has them. Consumers then only need to read and write."""
+
+        def work(conn: Conn) -> str:
+            statements = ["CREATE TABLE IF NOT EXISTS thyme_schema_version (version INTEGER NOT NULL)"]
+            statements += [" ".join(s.split()) for s in _TABLES.split(";") if s.strip()]
+            statements.append(
+                f"INSERT INTO thyme_schema_version (version) SELECT {SCHEMA_VERSION} "
+                "WHERE NOT EXISTS (SELECT FROM thyme_schema_version)"
+            )
+            for dataset in datasets:
+                parts = self._dataset_sql(dataset)
+                statements.append(
+                    sql.SQL(
+                        "INSERT INTO thyme_datasets (name, version, schema_json, created_at_us) "
+                        "VALUES ({}, {}, {}, {}) ON CONFLICT (name, version) DO NOTHING"
+                    )
+                    .format(
+                        sql.Literal(dataset.name),
+                        sql.Literal(dataset.version),
+                        sql.Literal(dataset.model_dump_json()),
+                        sql.Literal(_now_us()),
+                    )
+                    .as_string(conn)
+                )
+                statements += [parts.create.as_string(conn), parts.index.as_string(conn)]
+            return "BEGIN;\n" + ";\n".join(statements) + ";\nCOMMIT;\n"
+
+        return self._run(work, what="rendering the migration")
 
     def _dataset_sql(self, dataset: DatasetSchema) -> _DatasetSQL:
         ident = (dataset.name, dataset.version)
