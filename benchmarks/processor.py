@@ -24,7 +24,6 @@ import platform
 import pstats
 import random
 import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -225,20 +224,17 @@ def _table() -> str:
 class Prefill:
     rows: int
     seconds: float
-    file_mib: float
-    max_rowid: int
 
 
-def prefill(path: Path, rows: int, seed: int) -> Prefill:
-    """Fill the store with ``rows`` rows of past clicks through the store's own ``apply``, so the
-    table and both index tiers are as months of ingestion would have left them."""
+def prefill(url: str, rows: int, seed: int) -> Prefill:
+    """Fill the store at ``url`` with ``rows`` rows of past clicks through the store's own
+    ``apply``, so its tables and indexes are as months of ingestion would have left them."""
     from thyme.store import Batch, Position, ShardState, open_store
 
     started = time.perf_counter()
-    store = open_store(f"sqlite:///{path}")
+    store = open_store(url)
     schema = _schema()
     store.ensure_dataset(schema)
-    table = _table()
     rng = random.Random(seed)
     users = [f"user-{rng.getrandbits(64):016x}" for _ in range(max(1, rows // 4))]
     first_ms = T0_MS - rows * 10
@@ -266,21 +262,19 @@ def prefill(path: Path, rows: int, seed: int) -> Prefill:
         expect = state
         print(f"  prefill: {stop:,} rows, {time.perf_counter() - started:.0f} s", flush=True)
     store.close()
-    db = sqlite3.connect(path)
-    max_rowid = int(db.execute(f'SELECT coalesce(max(rowid), 0) FROM "{table}"').fetchone()[0])
-    db.close()
-    return Prefill(rows, time.perf_counter() - started, path.stat().st_size / 2**20, max_rowid)
+    return Prefill(rows, time.perf_counter() - started)
 
 
-def verify(path: Path, workload: Workload, max_rowid: int) -> dict[str, Any]:
+def verify(url: str, workload: Workload, prefilled_rows: int) -> dict[str, Any]:
     """What the run left in the store, against what the workload should have left."""
-    table = _table()
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    from thyme.store import open_store
+
+    store = open_store(url)
     try:
-        rows = int(db.execute(f'SELECT count(*) FROM "{table}" WHERE rowid > ?', (max_rowid,)).fetchone()[0])
-        dead = dict(db.execute("SELECT reason, count(*) FROM thyme_dead_letters GROUP BY reason").fetchall())
+        rows = store.count_rows(_schema()) - prefilled_rows
+        dead = store.dead_letter_counts(_schema())
     finally:
-        db.close()
+        store.close()
     expected_dead = sum(workload.dead_letters.values())
     ok = rows == workload.accepted and sum(dead.values()) == expected_dead
     return {
@@ -290,6 +284,51 @@ def verify(path: Path, workload: Workload, max_rowid: int) -> dict[str, Any]:
         "dead_letters": dead,
         "expected_dead_letters": dict(workload.dead_letters),
     }
+
+
+class Stores:
+    """Where each run's store lives: a SQLite file (copied from the prefilled one), or a PostgreSQL
+    database (created from the prefilled one as a template) on a throwaway local server."""
+
+    def __init__(self, work: Path, postgres: bool) -> None:
+        self.work = work
+        self.server: Any = None
+        if postgres:
+            sys.path.insert(0, str(REPO))
+            from tests.pg_server import PgServer
+
+            self.server = PgServer()
+            self.server.start()
+            print(f"  started PostgreSQL on 127.0.0.1:{self.server.port}", flush=True)
+
+    @property
+    def kind(self) -> str:
+        return "postgresql" if self.server is not None else "sqlite"
+
+    def template(self) -> str:
+        if self.server is None:
+            return f"sqlite:///{self.work / 'prefilled.db'}"
+        return str(self.server.create_database())
+
+    def fresh(self, index: int, template: str | None) -> str:
+        if self.server is None:
+            path = self.work / f"run{index}.db"
+            if template is not None:
+                shutil.copyfile(template.removeprefix("sqlite:///"), path)
+            return f"sqlite:///{path}"
+        if template is None:
+            return str(self.server.create_database())
+        import psycopg
+
+        name = f"run{index}"
+        source = template.rsplit("/", 1)[1]
+        with psycopg.connect(self.server.admin_conninfo(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source}" STRATEGY file_copy')
+        return str(self.server.url(name))
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.remove()
 
 
 # -- driving a child ------------------------------------------------------------------------
@@ -397,9 +436,9 @@ def drive(command: list[str], workload: Workload, stderr_path: Path) -> Run:
     return Run(seconds, workload.records, None if peak_kib is None else peak_kib / 1024, cpu)
 
 
-def processor_command(store: Path, profile: Path | None = None) -> list[str]:
+def processor_command(store_url: str, profile: Path | None = None) -> list[str]:
     prefix = ["-m", "cProfile", "-o", str(profile)] if profile else []
-    return [sys.executable, *prefix, "-m", "record_processor", "--dataset", DATASET, "--store", f"sqlite:///{store}"]
+    return [sys.executable, *prefix, "-m", "record_processor", "--dataset", DATASET, "--store", store_url]
 
 
 # -- reporting ------------------------------------------------------------------------------
@@ -475,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
         help="after the timed runs, one more processor run under cProfile; print its top entries",
     )
     parser.add_argument("--profile-top", type=int, default=30)
+    parser.add_argument(
+        "--postgres", action="store_true", help="use a PostgreSQL store on a throwaway local server (needs initdb)"
+    )
     args = parser.parse_args(argv)
     if min(args.batches, args.batch_size, args.repeat) < 1 or args.prefill < 0:
         parser.error("--batches, --batch-size and --repeat must be at least 1, --prefill at least 0")
@@ -486,77 +528,87 @@ def main(argv: list[str] | None = None) -> int:
         shape = f"event {workload.mean_event_bytes:.0f} B, line {workload.mean_line_bytes / 1e6:.2f} MB"
         mix = f"accepted {workload.accepted:,}, repeated keys {workload.repeated_keys:,}"
         print(f"  {workload.seconds:.1f} s; {shape}; {mix}, dead letters {dict(workload.dead_letters)}", flush=True)
-        prefilled: Prefill | None = None
-        template = work / "prefilled.db"
-        if args.prefill:
-            print(f"prefilling {args.prefill:,} rows ...", flush=True)
-            prefilled = prefill(template, args.prefill, args.seed + 1)
-            print(f"  prefill took {prefilled.seconds:.1f} s; store file {prefilled.file_mib:,.0f} MiB", flush=True)
-        floor_script = work / "floor_child.py"
-        floor_script.write_text(FLOOR_CHILD)
+        stores = Stores(work, args.postgres)
+        try:
+            prefilled: Prefill | None = None
+            template: str | None = None
+            if args.prefill:
+                print(f"prefilling {args.prefill:,} rows into {stores.kind} ...", flush=True)
+                template = stores.template()
+                prefilled = prefill(template, args.prefill, args.seed + 1)
+                print(f"  prefill took {prefilled.seconds:.1f} s", flush=True)
+            floor_script = work / "floor_child.py"
+            floor_script.write_text(FLOOR_CHILD)
 
-        floor = Method("floor (readline + json.loads + reply)")
-        ours = Method("record_processor, sqlite" + (f", {args.prefill:,} rows prefilled" if args.prefill else ""))
-        checks: list[dict[str, Any]] = []
+            floor = Method("floor (readline + json.loads + reply)")
+            ours = Method(
+                f"record_processor, {stores.kind}" + (f", {args.prefill:,} rows prefilled" if args.prefill else "")
+            )
+            checks: list[dict[str, Any]] = []
 
-        def processor_run(index: int, profile: Path | None = None) -> Run:
-            store = work / f"run{index}" / "bench.db"
-            store.parent.mkdir()
-            if prefilled is not None:
-                shutil.copyfile(template, store)
-            run = drive(processor_command(store, profile), workload, store.parent / "stderr.log")
-            check = verify(store, workload, 0 if prefilled is None else prefilled.max_rowid)
-            checks.append(check)
-            if not check["ok"]:
-                print(f"  WARNING: the store does not hold what the workload should leave: {check}", flush=True)
-            shutil.rmtree(store.parent)
-            return run
+            def processor_run(index: int, profile: Path | None = None) -> Run:
+                url = stores.fresh(index, template)
+                run = drive(processor_command(url, profile), workload, work / f"run{index}.stderr.log")
+                check = verify(url, workload, 0 if prefilled is None else prefilled.rows)
+                checks.append(check)
+                if not check["ok"]:
+                    print(f"  WARNING: the store does not hold what the workload should leave: {check}", flush=True)
+                if url.startswith("sqlite:///"):
+                    Path(url.removeprefix("sqlite:///")).unlink()
+                return run
 
-        for index in range(args.repeat):
-            run = drive([sys.executable, str(floor_script)], workload, work / "floor.stderr.log")
-            floor.runs.append(run)
-            print(f"  run {index + 1}: floor {run.rate:,.0f} rec/s", flush=True)
-            run = processor_run(index)
-            ours.runs.append(run)
-            print(f"  run {index + 1}: processor {run.rate:,.0f} rec/s ({run.seconds:.2f} s)", flush=True)
+            for index in range(args.repeat):
+                run = drive([sys.executable, str(floor_script)], workload, work / "floor.stderr.log")
+                floor.runs.append(run)
+                print(f"  run {index + 1}: floor {run.rate:,.0f} rec/s", flush=True)
+                run = processor_run(index)
+                ours.runs.append(run)
+                print(f"  run {index + 1}: processor {run.rate:,.0f} rec/s ({run.seconds:.2f} s)", flush=True)
 
-        rows = report([floor, ours], floor)
-        ok = all(c["ok"] for c in checks)
-        print(
-            f"\nstore contents after each run {'as expected' if ok else 'NOT as expected (see JSON)'}: "
-            f"{checks[-1]['rows']:,} rows, {sum(checks[-1]['dead_letters'].values()):,} dead letters per run"
-        )
+            rows = report([floor, ours], floor)
+            ok = all(c["ok"] for c in checks)
+            print(
+                f"\nstore contents after each run {'as expected' if ok else 'NOT as expected (see JSON)'}: "
+                f"{checks[-1]['rows']:,} rows, {sum(checks[-1]['dead_letters'].values()):,} dead letters per run"
+            )
 
-        result = {
-            "benchmark": "record_processor over the multilang pipe protocol",
-            "when": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
-            "config": {
-                "dataset": DATASET,
-                "batches": args.batches,
-                "batch_size": args.batch_size,
-                "repeat": args.repeat,
-                "records_per_run": workload.records,
-                "mean_event_bytes": round(workload.mean_event_bytes, 1),
-                "mean_line_bytes": round(workload.mean_line_bytes),
-                "repeated_keys": workload.repeated_keys,
-                "accepted": workload.accepted,
-                "dead_letters": dict(workload.dead_letters),
-                "seed": args.seed,
-            },
-            "prefill": None if prefilled is None else asdict(prefilled),
-            "results": rows,
-            "store_checks": checks,
-        }
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+            result = {
+                "benchmark": "record_processor over the multilang pipe protocol",
+                "when": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": {
+                    "python": platform.python_version(),
+                    "cpus": os.cpu_count(),
+                    "platform": platform.platform(),
+                },
+                "config": {
+                    "dataset": DATASET,
+                    "batches": args.batches,
+                    "batch_size": args.batch_size,
+                    "repeat": args.repeat,
+                    "records_per_run": workload.records,
+                    "mean_event_bytes": round(workload.mean_event_bytes, 1),
+                    "mean_line_bytes": round(workload.mean_line_bytes),
+                    "repeated_keys": workload.repeated_keys,
+                    "accepted": workload.accepted,
+                    "dead_letters": dict(workload.dead_letters),
+                    "seed": args.seed,
+                },
+                "store": stores.kind,
+                "prefill": None if prefilled is None else asdict(prefilled),
+                "results": rows,
+                "store_checks": checks,
+            }
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=2) + "\n")
+            print(f"wrote {args.out}")
 
-        if args.profile is not None:
-            print(f"\nprofiling one more processor run into {args.profile} ...", flush=True)
-            run = processor_run(args.repeat, args.profile.resolve())
-            print(f"  under cProfile: {run.rate:,.0f} rec/s")
-            print_profile(args.profile, args.profile_top)
+            if args.profile is not None:
+                print(f"\nprofiling one more processor run into {args.profile} ...", flush=True)
+                run = processor_run(args.repeat, args.profile.resolve())
+                print(f"  under cProfile: {run.rate:,.0f} rec/s")
+                print_profile(args.profile, args.profile_top)
+        finally:
+            stores.close()
     return 0 if ok else 1
 
 
