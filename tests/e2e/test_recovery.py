@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import signal
 import threading
 import time
 import urllib.request
@@ -399,3 +401,39 @@ def test_role_arn_is_assumed_for_kinesis_only(
         assert as_role == set()
 
     assert role not in consumer.log_text()
+
+
+# -- 6. one child killed: the daemon exits, the launcher restarts it ---------------------------
+
+RESTARTING = "the daemon exited (a shard's processor failed or the daemon crashed); restarting with the same worker id"
+
+
+def test_a_killed_child_restarts_the_daemon_and_loses_nothing(
+    kinesis: Any, new_consumer: Any, producers: list[Producer], tmp_path: Path
+) -> None:
+    stream = unique("e2e-child")
+    arn = streams.create_stream(kinesis, stream, 2)
+    ledger = Ledger()
+    consumer = new_consumer(write_app(tmp_path, arn, "trim_horizon"), application=unique("e2e-child")).start()
+    store = StoreView(consumer.store)
+    produce(kinesis, stream, ledger.expect_valid(events(0, 20)))
+    store.wait_total(ledger.total, 180, consumer)
+
+    producer = Producer(kinesis, stream, ledger.expect_valid(events(1000, 200)), per_second=20)
+    producers.append(producer)
+    producer.start()
+    store.wait_total(60, 60, consumer)
+    children = consumer.children()
+    assert len(children) == 2, children
+    os.kill(children[0], signal.SIGKILL)  # the daemon sees "end of STDIN" and exits its whole JVM
+
+    def restarted() -> bool:
+        assert consumer.alive(), consumer.log_text()[-4000:]
+        return len(messages(consumer.log_text(), RESTARTING)) >= 1
+
+    wait_for(restarted, 120, "the launcher to restart the daemon", interval=1)
+    producer.finish()
+    store.wait_total(ledger.total, 180, consumer)
+    store.check(ledger)
+    assert len(messages(consumer.log_text(), "starting the KCL MultiLangDaemon")) == 2
+    assert consumer.stop() == 0
