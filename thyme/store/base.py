@@ -72,6 +72,22 @@ class DeadLetter:
     """Filled in by the store when read back."""
 
 
+def dead_letter_values(dataset: str, letter: DeadLetter, recorded_at_us: int) -> tuple[object, ...]:
+    """A dead letter as the stores' ``thyme_dead_letters`` columns, in their order: dataset, shard,
+    sequence, sub_sequence, partition_key, arrival_ms, reason, raw, recorded_at_us."""
+    return (
+        dataset,
+        letter.shard,
+        letter.sequence,
+        letter.sub_sequence,
+        letter.partition_key,
+        letter.arrival_ms,
+        letter.reason,
+        letter.raw,
+        recorded_at_us,
+    )
+
+
 Row = tuple[Key, int, str]
 """An accepted event ready to store: ``(key, event time in µs since the epoch UTC, row as JSON)``.
 A plain tuple: the record processor makes one per record on its hot path."""

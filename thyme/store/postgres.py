@@ -44,7 +44,16 @@ from psycopg.conninfo import conninfo_to_dict
 
 from thyme.dataset import DatasetSchema
 from thyme.errors import SchemaChangedError, StoreConfigError, StoreUnavailableError
-from thyme.store.base import Batch, Conflict, DeadLetter, Key, Position, ShardState, ShardSummary
+from thyme.store.base import (
+    Batch,
+    Conflict,
+    DeadLetter,
+    Key,
+    Position,
+    ShardState,
+    ShardSummary,
+    dead_letter_values,
+)
 
 SCHEMA_VERSION: Final = 1
 """Version of Thyme's own tables in a PostgreSQL store."""
@@ -401,19 +410,7 @@ class PostgresStore:
                     with cur.copy(_DEAD_LETTER_COPY) as copy:
                         copy.set_types(_DEAD_LETTER_TYPES)
                         for d in batch.dead_letters:
-                            copy.write_row(
-                                (
-                                    dataset.name,
-                                    d.shard,
-                                    d.sequence,
-                                    d.sub_sequence,
-                                    d.partition_key,
-                                    d.arrival_ms,
-                                    d.reason,
-                                    d.raw,
-                                    now,
-                                )
-                            )
+                            copy.write_row(dead_letter_values(dataset.name, d, now))
                 state = batch.state
                 position = state.position
                 conn.execute(

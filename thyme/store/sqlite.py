@@ -31,7 +31,16 @@ from typing import Final
 
 from thyme.dataset import DatasetSchema
 from thyme.errors import SchemaChangedError, StoreUnavailableError
-from thyme.store.base import Batch, Conflict, DeadLetter, Key, Position, ShardState, ShardSummary
+from thyme.store.base import (
+    Batch,
+    Conflict,
+    DeadLetter,
+    Key,
+    Position,
+    ShardState,
+    ShardSummary,
+    dead_letter_values,
+)
 
 DEFAULT_BUSY_TIMEOUT_MS: Final = 30_000
 DEFAULT_MERGE_ROWS: Final = 200_000
@@ -201,20 +210,7 @@ class SQLiteStore:
                 db.executemany(
                     "INSERT INTO thyme_dead_letters (dataset, shard, sequence, sub_sequence, "
                     "partition_key, arrival_ms, reason, raw, recorded_at_us) VALUES (?,?,?,?,?,?,?,?,?)",
-                    [
-                        (
-                            dataset.name,
-                            d.shard,
-                            d.sequence,
-                            d.sub_sequence,
-                            d.partition_key,
-                            d.arrival_ms,
-                            d.reason,
-                            d.raw,
-                            now,
-                        )
-                        for d in batch.dead_letters
-                    ],
+                    [dead_letter_values(dataset.name, d, now) for d in batch.dead_letters],
                 )
             state = batch.state
             position = state.position
