@@ -18,12 +18,8 @@ from thyme.store import Store, open_store
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """A PostgreSQL server on 127.0.0.1 for the whole session; fails (never skips) if it cannot start."""
-    server = PgServer()
-    try:
-        server.start()
+    with PgServer() as server:
         yield server
-    finally:
-        server.remove()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -140,6 +140,18 @@ class PgServer:
         if (self.data / "postmaster.pid").exists():
             self._run(self.pg_ctl, "stop", "-w", "-t", "60", "-m", "fast", "-D", str(self.data))
 
+    def __enter__(self) -> PgServer:
+        """Start the server; on exit it is stopped and its files removed (even if the start failed)."""
+        try:
+            self.start()
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.base, ignore_errors=True)

@@ -47,12 +47,8 @@ def assert_no_password(text: str) -> None:
 @pytest.fixture
 def own_server() -> Iterator[PgServer]:
     """A server of this test's own, which it may stop and start."""
-    server = PgServer()
-    try:
-        server.start()
+    with PgServer() as server:
         yield server
-    finally:
-        server.remove()
 
 
 def test_outage_is_unavailable_then_the_same_store_recovers(own_server: PgServer) -> None:

@@ -135,6 +135,27 @@ class Consumer:
                 found.append(pid)
         return found
 
+    def status(self) -> dict[str, Any]:
+        """``thyme kinesis status --json`` for this consumer's dataset, store and application."""
+        out = subprocess.run(
+            [
+                THYME,
+                "kinesis",
+                "status",
+                f"{self.app}:Clicks",
+                "--store",
+                self.store_url,
+                "--application-name",
+                self.application,
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=self.env,
+        )
+        return json.loads(out.stdout)  # type: ignore[no-any-return]
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 

@@ -69,28 +69,8 @@ def test_records_land_once_with_lookups_and_dead_letters(kinesis: Any, new_consu
     assert json.loads(out.stdout)["n"] == max(e["n"] for e in valid if e["user_id"] == "u7")
 
     # thyme kinesis status: the lease table and the store agree once each batch is checkpointed
-    def status() -> dict[str, Any]:
-        out = subprocess.run(
-            [
-                THYME,
-                "kinesis",
-                "status",
-                f"{app}:Clicks",
-                "--store",
-                url,
-                "--application-name",
-                consumer.application,
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            env=consumer.env,
-        )
-        return json.loads(out.stdout)  # type: ignore[no-any-return]
-
     def agreed() -> dict[str, Any] | None:
-        found = status()
+        found = consumer.status()
         shards = found["shards"]
         same = all(s["kcl_checkpoint"] == s["store_position"].removesuffix("/0") for s in shards)
         return found if len(shards) == 2 and same else None

@@ -17,6 +17,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -226,25 +227,44 @@ def test_init_position_trim_horizon_timestamp_latest(kinesis: Any, new_consumer:
         assert list(pool.map(lambda c: c.stop(), [trim, stamp, latest])) == [0, 0, 0]
 
 
+@dataclass
+class MidStream:
+    """A 2-shard stream with a running consumer and a producer still putting records."""
+
+    stream: str
+    ledger: Ledger
+    consumer: Consumer
+    store: StoreView
+    producer: Producer
+
+
+def start_mid_stream(
+    name: str, kinesis: Any, new_consumer: Any, producers: list[Producer], tmp_path: Path, count: int, per_second: float
+) -> MidStream:
+    """Start a consumer, wait until it applies a warm-up, start a producer of ``count`` records and
+    return once the store holds 60 records (the producer is then mid-stream)."""
+    stream = unique(name)
+    arn = streams.create_stream(kinesis, stream, 2)
+    ledger = Ledger()
+    consumer = new_consumer(write_app(tmp_path, arn, "trim_horizon"), application=unique(name)).start()
+    store = StoreView(consumer.store)
+    produce(kinesis, stream, ledger.expect_valid(events(0, 20)))
+    store.wait_total(ledger.total, 180, consumer)  # the consumer is running: now produce a stream
+    producer = Producer(kinesis, stream, ledger.expect_valid(events(1000, count)), per_second=per_second)
+    producers.append(producer)
+    producer.start()
+    store.wait_total(60, 60, consumer)
+    return MidStream(stream, ledger, consumer, store, producer)
+
+
 # -- 2. SIGTERM mid-stream --------------------------------------------------------------------
 
 
 def test_sigterm_mid_stream_then_restart(
     kinesis: Any, new_consumer: Any, producers: list[Producer], tmp_path: Path
 ) -> None:
-    stream = unique("e2e-sigterm")
-    arn = streams.create_stream(kinesis, stream, 2)
-    ledger = Ledger()
-    consumer = new_consumer(write_app(tmp_path, arn, "trim_horizon"), application=unique("e2e-sigterm")).start()
-    store = StoreView(consumer.store)
-    warm_up = ledger.expect_valid(events(0, 20))
-    produce(kinesis, stream, warm_up)
-    store.wait_total(ledger.total, 180, consumer)  # the consumer is running: now produce a stream
-
-    producer = Producer(kinesis, stream, ledger.expect_valid(events(1000, 300)), per_second=40)
-    producers.append(producer)
-    producer.start()
-    store.wait_total(60, 60, consumer)
+    run = start_mid_stream("e2e-sigterm", kinesis, new_consumer, producers, tmp_path, count=300, per_second=40)
+    stream, ledger, consumer, store, producer = run.stream, run.ledger, run.consumer, run.store, run.producer
     assert producer.is_alive(), "the producer finished before the stop: not mid-stream"
     assert consumer.stop() == 0
     first_run = log_runs(consumer)[0]
@@ -270,18 +290,8 @@ def test_sigterm_mid_stream_then_restart(
 def test_kill9_mid_stream_then_restart(
     kinesis: Any, new_consumer: Any, producers: list[Producer], tmp_path: Path
 ) -> None:
-    stream = unique("e2e-kill9")
-    arn = streams.create_stream(kinesis, stream, 2)
-    ledger = Ledger()
-    consumer = new_consumer(write_app(tmp_path, arn, "trim_horizon"), application=unique("e2e-kill9")).start()
-    store = StoreView(consumer.store)
-    produce(kinesis, stream, ledger.expect_valid(events(0, 20)))
-    store.wait_total(ledger.total, 180, consumer)
-
-    producer = Producer(kinesis, stream, ledger.expect_valid(events(1000, 300)), per_second=40)
-    producers.append(producer)
-    producer.start()
-    store.wait_total(60, 60, consumer)
+    run = start_mid_stream("e2e-kill9", kinesis, new_consumer, producers, tmp_path, count=300, per_second=40)
+    stream, ledger, consumer, store, producer = run.stream, run.ledger, run.consumer, run.store, run.producer
     children = consumer.children()
     assert children, "no record processor child to kill"
     config_file = processor_config_of(children[0])
@@ -411,18 +421,8 @@ RESTARTING = "the daemon exited (a shard's processor failed or the daemon crashe
 def test_a_killed_child_restarts_the_daemon_and_loses_nothing(
     kinesis: Any, new_consumer: Any, producers: list[Producer], tmp_path: Path
 ) -> None:
-    stream = unique("e2e-child")
-    arn = streams.create_stream(kinesis, stream, 2)
-    ledger = Ledger()
-    consumer = new_consumer(write_app(tmp_path, arn, "trim_horizon"), application=unique("e2e-child")).start()
-    store = StoreView(consumer.store)
-    produce(kinesis, stream, ledger.expect_valid(events(0, 20)))
-    store.wait_total(ledger.total, 180, consumer)
-
-    producer = Producer(kinesis, stream, ledger.expect_valid(events(1000, 200)), per_second=20)
-    producers.append(producer)
-    producer.start()
-    store.wait_total(60, 60, consumer)
+    run = start_mid_stream("e2e-child", kinesis, new_consumer, producers, tmp_path, count=200, per_second=20)
+    ledger, consumer, store, producer = run.ledger, run.consumer, run.store, run.producer
     children = consumer.children()
     assert len(children) == 2, children
     os.kill(children[0], signal.SIGKILL)  # the daemon sees "end of STDIN" and exits its whole JVM

@@ -4,8 +4,6 @@ over its shards; every record lands exactly once."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -13,7 +11,7 @@ from typing import Any
 
 import streams
 
-from tests.e2e.harness import THYME, Consumer, Ledger, events, produce, unique, wait_for, write_app
+from tests.e2e.harness import Consumer, Ledger, events, produce, unique, wait_for, write_app
 from tests.pg_server import PgServer
 
 
@@ -28,25 +26,8 @@ def applied(url: str) -> Counter[int]:
     return Counter(int(n) for (n,) in rows)
 
 
-def owners(app: Path, consumer: Consumer, url: str) -> dict[str, str | None]:
-    out = subprocess.run(
-        [
-            THYME,
-            "kinesis",
-            "status",
-            f"{app}:Clicks",
-            "--store",
-            url,
-            "--application-name",
-            consumer.application,
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=consumer.env,
-    )
-    return {s["shard"]: s["lease_owner"] for s in json.loads(out.stdout)["shards"]}
+def owners(consumer: Consumer) -> dict[str, str | None]:
+    return {s["shard"]: s["lease_owner"] for s in consumer.status()["shards"]}
 
 
 def test_two_hosts_split_the_shards_and_survive_a_kill(
@@ -65,7 +46,7 @@ def test_two_hosts_split_the_shards_and_survive_a_kill(
         return set(applied(url)) >= ledger.valid
 
     def split_between_both() -> dict[str, str | None] | None:
-        found = owners(app, first, url)
+        found = owners(first)
         return found if len(found) == 4 and Counter(found.values()) == {"host-a": 2, "host-b": 2} else None
 
     produce(kinesis, stream, ledger.expect_valid(events(0, 200, users=40)))
@@ -79,7 +60,7 @@ def test_two_hosts_split_the_shards_and_survive_a_kill(
     produce(kinesis, stream, ledger.expect_valid(events(1000, 200, users=40)))
 
     def taken_over() -> bool:
-        found = owners(app, first, url)
+        found = owners(first)
         return all(found.get(shard) == "host-a" for shard in victims)
 
     wait_for(taken_over, 180, "host-a to take over host-b's leases", interval=1)
