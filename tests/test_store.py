@@ -17,6 +17,7 @@ from thyme.store import (
     Batch,
     Conflict,
     DeadLetter,
+    DeadLetterQuery,
     Position,
     Row,
     ShardState,
@@ -236,3 +237,85 @@ def test_recent_tier_never_outgrows_merge_rows(tmp_path: Path) -> None:
         assert recent + main == 9 * n
     assert db.count_rows(SCHEMA) == 270
     db.close()
+
+
+# -- operating: lag, dead letters by shard, filters, re-drive ---------------------------------
+
+
+def test_shards_keep_the_last_reported_lag(store: Store) -> None:
+    assert store.apply(SCHEMA, Batch("s", state(1, T0), [row("u", "/a", T0)], millis_behind_latest=5000), None) is None
+    assert store.shards(SCHEMA)[0].millis_behind_latest == 5000
+    # a batch that does not report it (None) keeps the last value
+    assert store.apply(SCHEMA, Batch("s", state(2, T0), [row("u", "/b", T0)]), state(1, T0)) is None
+    assert store.shards(SCHEMA)[0].millis_behind_latest == 5000
+    assert (
+        store.apply(SCHEMA, Batch("s", state(3, T0), [row("u", "/c", T0)], millis_behind_latest=0), state(2, T0))
+        is None
+    )
+    assert store.shards(SCHEMA)[0].millis_behind_latest == 0
+
+
+def _letter(shard: str, seq: int, reason: str, raw: bytes = b"{}") -> DeadLetter:
+    return DeadLetter(shard, str(seq), 0, "pk", raw, reason, None)
+
+
+def test_dead_letters_filter_by_shard_time_and_page(store: Store) -> None:
+    first = [_letter("a", 1, "late"), _letter("a", 2, "invalid_json")]
+    assert store.apply(SCHEMA, Batch("a", state(2), [], first), None) is None
+    (recorded,) = {d.recorded_at_us for d in store.dead_letters(SCHEMA)}
+    assert store.apply(SCHEMA, Batch("b", state(7), [], [_letter("b", 7, "late")]), None) is None
+    everything = store.dead_letters(SCHEMA)
+    assert [(d.shard, d.sequence) for d in everything] == [("a", "1"), ("a", "2"), ("b", "7")]
+    assert everything[0].id < everything[1].id < everything[2].id
+    assert [d.sequence for d in store.dead_letters(SCHEMA, query=DeadLetterQuery(shard="b"))] == ["7"]
+    assert [d.sequence for d in store.dead_letters(SCHEMA, "late", query=DeadLetterQuery(shard="a"))] == ["1"]
+    assert [d.sequence for d in store.dead_letters(SCHEMA, query=DeadLetterQuery(until_us=recorded + 1))] == ["1", "2"]
+    later = store.dead_letters(SCHEMA, query=DeadLetterQuery(since_us=recorded + 1))
+    assert [d.sequence for d in later] == ([] if everything[2].recorded_at_us == recorded else ["7"])
+    page = store.dead_letters(SCHEMA, limit=2)
+    rest = store.dead_letters(SCHEMA, query=DeadLetterQuery(after_id=page[-1].id))
+    assert [d.sequence for d in page + rest] == ["1", "2", "7"]
+    assert store.dead_letter_counts_by_shard(SCHEMA) == {"a": {"invalid_json": 1, "late": 1}, "b": {"late": 1}}
+    assert store.dead_letter_counts(SCHEMA) == {"invalid_json": 1, "late": 2}
+
+
+def test_redrive_applies_once_and_keeps_the_letters_marked(store: Store) -> None:
+    letters = [_letter("a", 1, "schema: page: missing"), _letter("a", 2, "schema: page: missing")]
+    assert store.apply(SCHEMA, Batch("a", state(2), [], letters), None) is None
+    first, second = store.dead_letters(SCHEMA)
+    fixed = row("u9", "/fixed", T0)
+    assert store.redrive(SCHEMA, [(first.id, fixed)]) == 1
+    assert store.redrive(SCHEMA, [(first.id, fixed)]) == 0  # again: nothing applied twice
+    assert store.count_rows(SCHEMA) == 1
+    assert lookup(ClickEvent, "u9", store=store).page == "/fixed"  # type: ignore[union-attr]
+    # the re-driven letter is kept, marked; listings and counts show the ones still held
+    assert [d.id for d in store.dead_letters(SCHEMA)] == [second.id]
+    (marked, held) = store.dead_letters(SCHEMA, query=DeadLetterQuery(include_redriven=True))
+    assert marked.redriven_at_us is not None and held.redriven_at_us is None
+    assert store.dead_letter_counts(SCHEMA) == {"schema: page: missing": 1}
+    assert store.redrive(SCHEMA, []) == 0
+    # the shard's stream position and counters are not the re-drive's business
+    assert store.shard_state(SCHEMA, "a") == state(2)
+
+
+def test_sqlite_file_from_before_the_operating_columns_is_upgraded_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:  # the tables as the first release created them
+        db.executescript(
+            """CREATE TABLE thyme_shards (dataset TEXT NOT NULL, shard TEXT NOT NULL, sequence TEXT,
+                   sub_sequence INTEGER, watermark_us INTEGER, ended INTEGER NOT NULL DEFAULT 0,
+                   applied INTEGER NOT NULL DEFAULT 0, dead_lettered INTEGER NOT NULL DEFAULT 0,
+                   updated_at_us INTEGER NOT NULL, PRIMARY KEY (dataset, shard));
+               CREATE TABLE thyme_dead_letters (id INTEGER PRIMARY KEY, dataset TEXT NOT NULL, shard TEXT NOT NULL,
+                   sequence TEXT NOT NULL, sub_sequence INTEGER NOT NULL, partition_key TEXT NOT NULL,
+                   arrival_ms INTEGER, reason TEXT NOT NULL, raw BLOB NOT NULL, recorded_at_us INTEGER NOT NULL);
+               INSERT INTO thyme_dead_letters VALUES (1, 'ClickEvent', 's', '1', 0, 'pk', NULL, 'late', x'7b7d', 5);"""
+        )
+    store = open_store(f"sqlite:///{path}")
+    try:
+        (old,) = store.dead_letters(SCHEMA)
+        assert (old.id, old.reason, old.redriven_at_us) == (1, "late", None)
+        assert store.apply(SCHEMA, Batch("s", state(2), [], millis_behind_latest=7), None) is None
+        assert store.shards(SCHEMA)[0].millis_behind_latest == 7
+    finally:
+        store.close()

@@ -134,7 +134,7 @@ def test_user_without_create_privilege_is_told_what_to_grant(pg_server: PgServer
     with pytest.raises(StoreConfigError) as info:
         open_store(limited)
     assert str(info.value) == (
-        "store URL: the user cannot create Thyme's tables (permission denied for schema public) "
+        "store URL: the user cannot create or upgrade Thyme's tables (permission denied for schema public) "
         f"(got {redact_url(limited)!r}). Grant it CREATE on the schema (PostgreSQL 15+: GRANT CREATE ON SCHEMA "
         "public TO the user), or have an admin run the script `thyme store migrate MODULE:DATASET --print` prints."
     )
@@ -361,3 +361,46 @@ def test_real_child_exits_nonzero_when_postgres_is_down(own_server: PgServer, tm
     db = open_store(url)
     assert db.count_rows(schema_of(ClickEvent).model_copy(update={"name": "SourcedClick"})) == 0
     db.close()
+
+
+V1_TABLES = """
+CREATE TABLE thyme_schema_version (version INTEGER NOT NULL);
+INSERT INTO thyme_schema_version VALUES (1);
+CREATE TABLE thyme_datasets (name TEXT NOT NULL, version INTEGER NOT NULL, schema_json TEXT NOT NULL,
+    created_at_us BIGINT NOT NULL, PRIMARY KEY (name, version));
+CREATE TABLE thyme_shards (dataset TEXT NOT NULL, shard TEXT NOT NULL, sequence TEXT, sub_sequence INTEGER,
+    watermark_us BIGINT, ended BOOLEAN NOT NULL DEFAULT false, applied BIGINT NOT NULL DEFAULT 0,
+    dead_lettered BIGINT NOT NULL DEFAULT 0, updated_at_us BIGINT NOT NULL, PRIMARY KEY (dataset, shard));
+CREATE TABLE thyme_dead_letters (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, dataset TEXT NOT NULL,
+    shard TEXT NOT NULL, sequence TEXT NOT NULL, sub_sequence INTEGER NOT NULL, partition_key TEXT NOT NULL,
+    arrival_ms BIGINT, reason TEXT NOT NULL, raw BYTEA NOT NULL, recorded_at_us BIGINT NOT NULL);
+INSERT INTO thyme_dead_letters (dataset, shard, sequence, sub_sequence, partition_key, reason, raw, recorded_at_us)
+    VALUES ('ClickEvent', 's', '1', 0, 'pk', 'late', '\\x7b7d', 5);
+"""
+"""Thyme's tables as version 1 (the first release) created them."""
+
+
+def test_version_1_tables_are_upgraded_by_the_consumer_or_by_the_printed_script(pg_server: PgServer) -> None:
+    for how in ("open", "script"):
+        url = pg_server.create_database()
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(V1_TABLES)
+        if how == "open":
+            open_store(url).close()
+        else:
+            printer = PostgresStore(url, create_tables=False)
+            script = printer.migration_script([SCHEMA])
+            printer.close()
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(script)
+        with psycopg.connect(url) as conn:
+            assert max(v for (v,) in conn.execute("SELECT version FROM thyme_schema_version")) == SCHEMA_VERSION == 2
+        db = open_store(url)
+        try:
+            (old,) = db.dead_letters(SCHEMA)
+            assert (old.reason, old.raw, old.redriven_at_us) == ("late", b"{}", None), how
+            assert db.apply(SCHEMA, Batch("s", state(2), [], millis_behind_latest=9), None) is None
+            assert db.shards(SCHEMA)[0].millis_behind_latest == 9
+            assert db.redrive(SCHEMA, [(old.id, row("u", "/r"))]) == 1
+        finally:
+            db.close()

@@ -9,7 +9,17 @@ from typing import Final
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from thyme.errors import StoreConfigError
-from thyme.store.base import Batch, Conflict, DeadLetter, Position, Row, ShardState, ShardSummary, Store
+from thyme.store.base import (
+    Batch,
+    Conflict,
+    DeadLetter,
+    DeadLetterQuery,
+    Position,
+    Row,
+    ShardState,
+    ShardSummary,
+    Store,
+)
 from thyme.store.sqlite import DEFAULT_BUSY_TIMEOUT_MS, DEFAULT_MERGE_ROWS, SQLiteStore
 
 ENV_STORE_URL: Final = "THYME_STORE_URL"
@@ -21,6 +31,7 @@ __all__ = [
     "Batch",
     "Conflict",
     "DeadLetter",
+    "DeadLetterQuery",
     "Position",
     "Row",
     "SQLiteStore",

@@ -20,6 +20,7 @@ nothing. A store that cannot write (locked, disk full, unreachable) raises
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -70,6 +71,10 @@ class DeadLetter:
     arrival_ms: int | None
     recorded_at_us: int = 0
     """Filled in by the store when read back."""
+    id: int = 0
+    """The store's id of the dead letter (filled in when read back; order of recording)."""
+    redriven_at_us: int | None = None
+    """When ``thyme kinesis dead-letters redrive`` applied it (kept, marked, for the record)."""
 
 
 def dead_letter_values(dataset: str, letter: DeadLetter, recorded_at_us: int) -> tuple[object, ...]:
@@ -88,6 +93,47 @@ def dead_letter_values(dataset: str, letter: DeadLetter, recorded_at_us: int) ->
     )
 
 
+@dataclass(frozen=True)
+class DeadLetterQuery:
+    """Filters for :meth:`Store.dead_letters` (all optional; combined with AND)."""
+
+    shard: str | None = None
+    since_us: int | None = None
+    """Recorded at or after (µs since the epoch)."""
+    until_us: int | None = None
+    """Recorded before."""
+    after_id: int = 0
+    """Only ids above this one (to page through)."""
+    include_redriven: bool = False
+
+
+DEAD_LETTER_COLUMNS = (
+    "shard, sequence, sub_sequence, partition_key, raw, reason, arrival_ms, recorded_at_us, id, redriven_at_us"
+)
+"""The columns read back into a :class:`DeadLetter`, in its field order."""
+
+
+def dead_letter_filter(
+    dataset: DatasetSchema, reason: str | None, query: DeadLetterQuery, mark: str
+) -> tuple[str, tuple[object, ...]]:
+    """The WHERE clause (with ``mark`` as the parameter placeholder) and its arguments."""
+    where = ["dataset = {}"]
+    args: list[object] = [dataset.name]
+    for column, value in (
+        ("reason = {}", reason),
+        ("shard = {}", query.shard),
+        ("recorded_at_us >= {}", query.since_us),
+        ("recorded_at_us < {}", query.until_us),
+        ("id > {}", query.after_id or None),
+    ):
+        if value is not None:
+            where.append(column)
+            args.append(value)
+    if not query.include_redriven:
+        where.append("redriven_at_us IS NULL")
+    return " AND ".join(where).format(*[mark] * len(args)), tuple(args)
+
+
 Row = tuple[Key, int, str]
 """An accepted event ready to store: ``(key, event time in µs since the epoch UTC, row as JSON)``.
 A plain tuple: the record processor makes one per record on its hot path."""
@@ -102,6 +148,9 @@ class Batch:
     """The shard state after this batch."""
     rows: list[Row] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    millis_behind_latest: int | None = None
+    """How far the shard's reader was behind the tip when it fetched this batch (KCL's
+    ``millisBehindLatest``); kept with the shard state for ``thyme kinesis status``."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +170,9 @@ class ShardSummary:
     applied: int
     dead_lettered: int
     updated_at_us: int
+    """When the last batch was applied."""
+    millis_behind_latest: int | None = None
+    """As reported with the last applied batch."""
 
 
 class Store(Protocol):
@@ -143,11 +195,27 @@ class Store(Protocol):
         """The row (JSON) of the newest version of ``key`` with event time ≤ ``at_us``; ties go
         to the one applied last (stream order)."""
 
-    def dead_letters(self, dataset: DatasetSchema, reason: str | None = None, limit: int = 1000) -> list[DeadLetter]:
-        """Dead letters of a dataset in the order recorded, optionally for one reason."""
+    def dead_letters(
+        self,
+        dataset: DatasetSchema,
+        reason: str | None = None,
+        limit: int = 1000,
+        *,
+        query: DeadLetterQuery | None = None,
+    ) -> list[DeadLetter]:
+        """Dead letters of a dataset in the order recorded, optionally for one reason and the
+        filters of ``query``; by default only the ones not re-driven yet."""
 
     def dead_letter_counts(self, dataset: DatasetSchema) -> dict[str, int]:
-        """Number of dead letters per reason."""
+        """Number of dead letters not re-driven, per reason."""
+
+    def dead_letter_counts_by_shard(self, dataset: DatasetSchema) -> dict[str, dict[str, int]]:
+        """Number of dead letters not re-driven, per shard then per reason."""
+
+    def redrive(self, dataset: DatasetSchema, fixes: Sequence[tuple[int, Row]]) -> int:
+        """In one transaction: mark each dead letter ``id`` re-driven and apply its row, for the
+        ids not marked yet (a second run, or a concurrent one, applies nothing twice). Returns
+        the number applied."""
 
     def shards(self, dataset: DatasetSchema) -> list[ShardSummary]:
         """Every shard the store has state for."""

@@ -45,17 +45,21 @@ from psycopg.conninfo import conninfo_to_dict
 from thyme.dataset import DatasetSchema
 from thyme.errors import SchemaChangedError, StoreConfigError, StoreUnavailableError
 from thyme.store.base import (
+    DEAD_LETTER_COLUMNS,
     Batch,
     Conflict,
     DeadLetter,
+    DeadLetterQuery,
     Key,
     Position,
+    Row,
     ShardState,
     ShardSummary,
+    dead_letter_filter,
     dead_letter_values,
 )
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 """Version of Thyme's own tables in a PostgreSQL store."""
 SCHEMA_LOCK: Final = 0x7468796D65
 """``pg_advisory_xact_lock`` key ("thyme") taken while creating or upgrading tables."""
@@ -92,15 +96,24 @@ CREATE TABLE IF NOT EXISTS thyme_shards (
     dataset TEXT NOT NULL, shard TEXT NOT NULL,
     sequence TEXT, sub_sequence INTEGER, watermark_us BIGINT, ended BOOLEAN NOT NULL DEFAULT false,
     applied BIGINT NOT NULL DEFAULT 0, dead_lettered BIGINT NOT NULL DEFAULT 0,
-    updated_at_us BIGINT NOT NULL, PRIMARY KEY (dataset, shard)
+    updated_at_us BIGINT NOT NULL, millis_behind_latest BIGINT, PRIMARY KEY (dataset, shard)
 );
 CREATE TABLE IF NOT EXISTS thyme_dead_letters (
     id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, dataset TEXT NOT NULL, shard TEXT NOT NULL,
     sequence TEXT NOT NULL, sub_sequence INTEGER NOT NULL, partition_key TEXT NOT NULL,
-    arrival_ms BIGINT, reason TEXT NOT NULL, raw BYTEA NOT NULL, recorded_at_us BIGINT NOT NULL
+    arrival_ms BIGINT, reason TEXT NOT NULL, raw BYTEA NOT NULL, recorded_at_us BIGINT NOT NULL,
+    redriven_at_us BIGINT
 );
 CREATE INDEX IF NOT EXISTS thyme_dead_letters_by_reason ON thyme_dead_letters (dataset, reason, id)
 """
+
+_UPGRADES: Final = {
+    2: (
+        "ALTER TABLE thyme_shards ADD COLUMN IF NOT EXISTS millis_behind_latest BIGINT",
+        "ALTER TABLE thyme_dead_letters ADD COLUMN IF NOT EXISTS redriven_at_us BIGINT",
+    ),
+}
+"""Statements that bring the tables from the version before to the key's version (idempotent)."""
 
 _SHARD_COLUMNS: Final = "sequence, sub_sequence, watermark_us, ended"
 _DEAD_LETTER_COPY: Final = (
@@ -193,7 +206,7 @@ class PostgresStore:
                 raise
             raise StoreConfigError(
                 "store URL",
-                f"the user cannot create Thyme's tables ({self._scrub(exc)})",
+                f"the user cannot create or upgrade Thyme's tables ({self._scrub(exc)})",
                 "Grant it CREATE on the schema (PostgreSQL 15+: GRANT CREATE ON SCHEMA public TO the user), "
                 "or have an admin run the script `thyme store migrate MODULE:DATASET --print` prints.",
                 value=self.url,
@@ -286,6 +299,11 @@ class PostgresStore:
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute("INSERT INTO thyme_schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
+            elif version < SCHEMA_VERSION:
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in _UPGRADES[step]:
+                        conn.execute(statement)
+                conn.execute("INSERT INTO thyme_schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
             elif version > SCHEMA_VERSION:
                 raise StoreConfigError(
                     "store URL",
@@ -302,9 +320,10 @@ class PostgresStore:
         def work(conn: Conn) -> str:
             statements = ["CREATE TABLE IF NOT EXISTS thyme_schema_version (version INTEGER NOT NULL)"]
             statements += [" ".join(s.split()) for s in _TABLES.split(";") if s.strip()]
+            statements += [s for step in sorted(_UPGRADES) for s in _UPGRADES[step]]  # tables made by older versions
             statements.append(
                 f"INSERT INTO thyme_schema_version (version) SELECT {SCHEMA_VERSION} "
-                "WHERE NOT EXISTS (SELECT FROM thyme_schema_version)"
+                f"WHERE NOT EXISTS (SELECT FROM thyme_schema_version WHERE version >= {SCHEMA_VERSION})"
             )
             for dataset in datasets:
                 parts = self._dataset_sql(dataset)
@@ -415,8 +434,8 @@ class PostgresStore:
                 position = state.position
                 conn.execute(
                     "UPDATE thyme_shards SET sequence = %s, sub_sequence = %s, watermark_us = %s, ended = %s, "
-                    "applied = applied + %s, dead_lettered = dead_lettered + %s, updated_at_us = %s "
-                    "WHERE dataset = %s AND shard = %s",
+                    "applied = applied + %s, dead_lettered = dead_lettered + %s, updated_at_us = %s, "
+                    "millis_behind_latest = coalesce(%s, millis_behind_latest) WHERE dataset = %s AND shard = %s",
                     (
                         None if position is None else str(position.sequence),
                         None if position is None else position.sub_sequence,
@@ -425,6 +444,7 @@ class PostgresStore:
                         len(batch.rows),
                         len(batch.dead_letters),
                         now,
+                        batch.millis_behind_latest,
                         *ident,
                     ),
                 )
@@ -438,13 +458,13 @@ class PostgresStore:
     def shards(self, dataset: DatasetSchema) -> list[ShardSummary]:
         def work(conn: Conn) -> list[ShardSummary]:
             rows = conn.execute(
-                f"SELECT shard, {_SHARD_COLUMNS}, applied, dead_lettered, updated_at_us FROM thyme_shards "
-                "WHERE dataset = %s ORDER BY shard",
+                f"SELECT shard, {_SHARD_COLUMNS}, applied, dead_lettered, updated_at_us, millis_behind_latest "
+                "FROM thyme_shards WHERE dataset = %s ORDER BY shard",
                 (dataset.name,),
             ).fetchall()
             return [
-                ShardSummary(dataset.name, shard, _state(seq, sub, wm, ended), applied, dead, updated)
-                for shard, seq, sub, wm, ended, applied, dead, updated in rows
+                ShardSummary(dataset.name, shard, _state(seq, sub, wm, ended), applied, dead, updated, lag)
+                for shard, seq, sub, wm, ended, applied, dead, updated, lag in rows
             ]
 
         return self._run(work, what="reading the shards")
@@ -473,31 +493,70 @@ class PostgresStore:
 
         return self._run(work, what="counting rows")
 
-    def dead_letters(self, dataset: DatasetSchema, reason: str | None = None, limit: int = 1000) -> list[DeadLetter]:
-        query = (
-            "SELECT shard, sequence, sub_sequence, partition_key, raw, reason, arrival_ms, recorded_at_us "
-            "FROM thyme_dead_letters WHERE dataset = %s"
-        )
-        args: tuple[object, ...] = (dataset.name,)
-        if reason is not None:
-            query += " AND reason = %s"
-            args += (reason,)
+    def dead_letters(
+        self,
+        dataset: DatasetSchema,
+        reason: str | None = None,
+        limit: int = 1000,
+        *,
+        query: DeadLetterQuery | None = None,
+    ) -> list[DeadLetter]:
+        where, args = dead_letter_filter(dataset, reason, query or DeadLetterQuery(), "%s")
+        select = f"SELECT {DEAD_LETTER_COLUMNS} FROM thyme_dead_letters WHERE {where} ORDER BY id LIMIT %s"
 
         def work(conn: Conn) -> list[DeadLetter]:
-            rows = conn.execute(query + " ORDER BY id LIMIT %s", (*args, limit)).fetchall()
-            return [DeadLetter(s, q, ss, pk, bytes(raw), r, a, t) for s, q, ss, pk, raw, r, a, t in rows]
+            rows = conn.execute(select, (*args, limit)).fetchall()
+            return [DeadLetter(s, q, ss, pk, bytes(raw), r, a, t, i, rd) for s, q, ss, pk, raw, r, a, t, i, rd in rows]
 
         return self._run(work, what="reading dead letters")
 
     def dead_letter_counts(self, dataset: DatasetSchema) -> dict[str, int]:
-        def work(conn: Conn) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for reasons in self.dead_letter_counts_by_shard(dataset).values():
+            for reason, n in reasons.items():
+                counts[reason] = counts.get(reason, 0) + n
+        return dict(sorted(counts.items()))
+
+    def dead_letter_counts_by_shard(self, dataset: DatasetSchema) -> dict[str, dict[str, int]]:
+        def work(conn: Conn) -> dict[str, dict[str, int]]:
             rows = conn.execute(
-                "SELECT reason, count(*) FROM thyme_dead_letters WHERE dataset = %s GROUP BY reason ORDER BY reason",
+                "SELECT shard, reason, count(*) FROM thyme_dead_letters WHERE dataset = %s "
+                "AND redriven_at_us IS NULL GROUP BY shard, reason ORDER BY shard, reason",
                 (dataset.name,),
             ).fetchall()
-            return {reason: int(n) for reason, n in rows}
+            found: dict[str, dict[str, int]] = {}
+            for shard, reason, n in rows:
+                found.setdefault(shard, {})[reason] = int(n)
+            return found
 
         return self._run(work, what="counting dead letters")
+
+    def redrive(self, dataset: DatasetSchema, fixes: Sequence[tuple[int, Row]]) -> int:
+        if not fixes:
+            return 0
+        self.ensure_dataset(dataset)
+        statements = self._dataset_sql(dataset)
+        wanted = dict(fixes)
+
+        def work(conn: Conn) -> int:
+            with conn.transaction():
+                self._begun = True
+                marked = sorted(
+                    r[0]
+                    for r in conn.execute(
+                        "UPDATE thyme_dead_letters SET redriven_at_us = %s WHERE dataset = %s "
+                        "AND redriven_at_us IS NULL AND id = ANY(%s) RETURNING id",
+                        (_now_us(), dataset.name, list(wanted)),
+                    ).fetchall()
+                )
+                if marked:
+                    with conn.cursor().copy(statements.copy) as copy:
+                        copy.set_types([statements.key_type, "int8", "text"])
+                        for i in marked:
+                            copy.write_row(wanted[i])
+            return len(marked)
+
+        return self._run(work, what="re-driving dead letters")
 
     def close(self) -> None:
         self._drop()

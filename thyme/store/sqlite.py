@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
@@ -32,13 +32,17 @@ from typing import Final
 from thyme.dataset import DatasetSchema
 from thyme.errors import SchemaChangedError, StoreUnavailableError
 from thyme.store.base import (
+    DEAD_LETTER_COLUMNS,
     Batch,
     Conflict,
     DeadLetter,
+    DeadLetterQuery,
     Key,
     Position,
+    Row,
     ShardState,
     ShardSummary,
+    dead_letter_filter,
     dead_letter_values,
 )
 
@@ -62,15 +66,22 @@ CREATE TABLE IF NOT EXISTS thyme_shards (
     dataset TEXT NOT NULL, shard TEXT NOT NULL,
     sequence TEXT, sub_sequence INTEGER, watermark_us INTEGER, ended INTEGER NOT NULL DEFAULT 0,
     applied INTEGER NOT NULL DEFAULT 0, dead_lettered INTEGER NOT NULL DEFAULT 0,
-    updated_at_us INTEGER NOT NULL, PRIMARY KEY (dataset, shard)
+    updated_at_us INTEGER NOT NULL, millis_behind_latest INTEGER, PRIMARY KEY (dataset, shard)
 );
 CREATE TABLE IF NOT EXISTS thyme_dead_letters (
     id INTEGER PRIMARY KEY, dataset TEXT NOT NULL, shard TEXT NOT NULL,
     sequence TEXT NOT NULL, sub_sequence INTEGER NOT NULL, partition_key TEXT NOT NULL,
-    arrival_ms INTEGER, reason TEXT NOT NULL, raw BLOB NOT NULL, recorded_at_us INTEGER NOT NULL
+    arrival_ms INTEGER, reason TEXT NOT NULL, raw BLOB NOT NULL, recorded_at_us INTEGER NOT NULL,
+    redriven_at_us INTEGER
 );
 CREATE INDEX IF NOT EXISTS thyme_dead_letters_by_reason ON thyme_dead_letters (dataset, reason);
 """
+
+_ADDED_COLUMNS: Final = (
+    ("thyme_shards", "millis_behind_latest", "INTEGER"),
+    ("thyme_dead_letters", "redriven_at_us", "INTEGER"),
+)
+"""Columns added after the first release: a file created before them gets them on open."""
 
 
 def _now_us() -> int:
@@ -110,6 +121,10 @@ class SQLiteStore:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         self._db.execute(statement)
+                for table, column, declared in _ADDED_COLUMNS:
+                    columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+                    if column not in columns:
+                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declared}")
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailableError(f"cannot open the SQLite store {self.path}: {exc}") from exc
 
@@ -205,7 +220,7 @@ class SQLiteStore:
             if current != expect:
                 return Conflict(current)
             if batch.rows:
-                self._insert_rows(db, dataset, batch)
+                self._insert_rows(db, dataset, batch.rows)
             if batch.dead_letters:
                 db.executemany(
                     "INSERT INTO thyme_dead_letters (dataset, shard, sequence, sub_sequence, "
@@ -216,11 +231,12 @@ class SQLiteStore:
             position = state.position
             db.execute(
                 "INSERT INTO thyme_shards (dataset, shard, sequence, sub_sequence, watermark_us, ended, "
-                "applied, dead_lettered, updated_at_us) VALUES (?,?,?,?,?,?,?,?,?) "
+                "applied, dead_lettered, updated_at_us, millis_behind_latest) VALUES (?,?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT (dataset, shard) DO UPDATE SET sequence = excluded.sequence, "
                 "sub_sequence = excluded.sub_sequence, watermark_us = excluded.watermark_us, "
                 "ended = excluded.ended, applied = applied + excluded.applied, "
-                "dead_lettered = dead_lettered + excluded.dead_lettered, updated_at_us = excluded.updated_at_us",
+                "dead_lettered = dead_lettered + excluded.dead_lettered, updated_at_us = excluded.updated_at_us, "
+                "millis_behind_latest = coalesce(excluded.millis_behind_latest, millis_behind_latest)",
                 (
                     dataset.name,
                     batch.shard,
@@ -231,15 +247,38 @@ class SQLiteStore:
                     len(batch.rows),
                     len(batch.dead_letters),
                     now,
+                    batch.millis_behind_latest,
                 ),
             )
         return None
 
-    def _insert_rows(self, db: sqlite3.Connection, dataset: DatasetSchema, batch: Batch) -> None:
+    def redrive(self, dataset: DatasetSchema, fixes: Sequence[tuple[int, Row]]) -> int:
+        if not fixes:
+            return 0
+        self.ensure_dataset(dataset)
+        now = _now_us()
+        wanted = dict(fixes)
+        with self._write() as db:
+            marked: list[int] = []
+            for start in range(0, len(fixes), 500):  # bounded statement size
+                ids = [i for i, _ in fixes[start : start + 500]]
+                marked += [
+                    r[0]
+                    for r in db.execute(
+                        "UPDATE thyme_dead_letters SET redriven_at_us = ? WHERE dataset = ? AND redriven_at_us IS NULL "
+                        f"AND id IN ({','.join('?' * len(ids))}) RETURNING id",
+                        (now, dataset.name, *ids),
+                    )
+                ]
+            marked.sort()  # apply in the order the records were recorded
+            if marked:
+                self._insert_rows(db, dataset, [wanted[i] for i in marked])
+        return len(marked)
+
+    def _insert_rows(self, db: sqlite3.Connection, dataset: DatasetSchema, rows: Sequence[Row]) -> None:
         """Append the rows, index them in the recent tier, and merge the tier when it is full."""
         table = table_name(dataset)
         base = db.execute(f'SELECT coalesce(max(rid), 0) FROM "{table}"').fetchone()[0] + 1
-        rows = batch.rows
         db.executemany(
             f'INSERT INTO "{table}" (rid, row) VALUES (?, ?)', [(base + i, data) for i, (_, _, data) in enumerate(rows)]
         )
@@ -291,12 +330,12 @@ class SQLiteStore:
     def shards(self, dataset: DatasetSchema) -> list[ShardSummary]:
         rows = self._db.execute(
             "SELECT shard, sequence, sub_sequence, watermark_us, ended, applied, dead_lettered, "
-            "updated_at_us FROM thyme_shards WHERE dataset = ? ORDER BY shard",
+            "updated_at_us, millis_behind_latest FROM thyme_shards WHERE dataset = ? ORDER BY shard",
             (dataset.name,),
         ).fetchall()
         return [
-            ShardSummary(dataset.name, shard, _state(seq, sub, wm, ended), applied, dead, updated)
-            for shard, seq, sub, wm, ended, applied, dead, updated in rows
+            ShardSummary(dataset.name, shard, _state(seq, sub, wm, ended), applied, dead, updated, lag)
+            for shard, seq, sub, wm, ended, applied, dead, updated, lag in rows
         ]
 
     # -- reads ------------------------------------------------------------------------------
@@ -321,24 +360,37 @@ class SQLiteStore:
         self.ensure_dataset(dataset)
         return int(self._db.execute(f'SELECT count(*) FROM "{table_name(dataset)}"').fetchone()[0])
 
-    def dead_letters(self, dataset: DatasetSchema, reason: str | None = None, limit: int = 1000) -> list[DeadLetter]:
-        sql = (
-            "SELECT shard, sequence, sub_sequence, partition_key, raw, reason, arrival_ms, recorded_at_us "
-            "FROM thyme_dead_letters WHERE dataset = ?"
-        )
-        args: tuple[object, ...] = (dataset.name,)
-        if reason is not None:
-            sql += " AND reason = ?"
-            args += (reason,)
-        rows = self._db.execute(sql + " ORDER BY id LIMIT ?", (*args, limit)).fetchall()
-        return [DeadLetter(s, q, ss, pk, bytes(raw), r, a, t) for s, q, ss, pk, raw, r, a, t in rows]
+    def dead_letters(
+        self,
+        dataset: DatasetSchema,
+        reason: str | None = None,
+        limit: int = 1000,
+        *,
+        query: DeadLetterQuery | None = None,
+    ) -> list[DeadLetter]:
+        where, args = dead_letter_filter(dataset, reason, query or DeadLetterQuery(), "?")
+        rows = self._db.execute(
+            f"SELECT {DEAD_LETTER_COLUMNS} FROM thyme_dead_letters WHERE {where} ORDER BY id LIMIT ?", (*args, limit)
+        ).fetchall()
+        return [DeadLetter(s, q, ss, pk, bytes(raw), r, a, t, i, rd) for s, q, ss, pk, raw, r, a, t, i, rd in rows]
 
     def dead_letter_counts(self, dataset: DatasetSchema) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for reasons in self.dead_letter_counts_by_shard(dataset).values():
+            for reason, n in reasons.items():
+                counts[reason] = counts.get(reason, 0) + n
+        return dict(sorted(counts.items()))
+
+    def dead_letter_counts_by_shard(self, dataset: DatasetSchema) -> dict[str, dict[str, int]]:
         rows = self._db.execute(
-            "SELECT reason, count(*) FROM thyme_dead_letters WHERE dataset = ? GROUP BY reason ORDER BY reason",
+            "SELECT shard, reason, count(*) FROM thyme_dead_letters WHERE dataset = ? AND redriven_at_us IS NULL "
+            "GROUP BY shard, reason ORDER BY shard, reason",
             (dataset.name,),
         ).fetchall()
-        return {reason: int(n) for reason, n in rows}
+        found: dict[str, dict[str, int]] = {}
+        for shard, reason, n in rows:
+            found.setdefault(shard, {})[reason] = int(n)
+        return found
 
     def close(self) -> None:
         self._db.close()
