@@ -48,6 +48,12 @@ def load_config(argv: list[str] | None = None) -> ProcessorConfig:
         metavar="SECONDS",
         help=f"how long to retry a batch against an unavailable store before exiting (${ENV_GIVE_UP}, default 120)",
     )
+    parser.add_argument(
+        "--metrics",
+        choices=["emf", "off"],
+        default=None,
+        help="per-batch CloudWatch EMF lines on stderr (default: the config's, else off)",
+    )
     args = parser.parse_args(argv)
     if args.config:
         config = ProcessorConfig.from_file(args.config)
@@ -59,6 +65,8 @@ def load_config(argv: list[str] | None = None) -> ProcessorConfig:
         parser.error(f"give --config or --dataset (or set {ENV_CONFIG} / {ENV_DATASET})")
     if args.store:
         config = config.model_copy(update={"store_url": args.store})
+    if args.metrics is not None:
+        config = config.model_copy(update={"metrics": args.metrics})
     if args.give_up_after is not None:
         config = config.model_copy(update={"retry_give_up_after_s": float(args.give_up_after)})
     return config
@@ -75,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     except ThymeError:
         return 78
     from record_processor import kcl
+    from record_processor.metrics import EmfMetrics
 
-    kcl.run(worker, context)
+    metrics = EmfMetrics(config.dataset.name, config.metrics_namespace) if config.metrics == "emf" else None
+    kcl.run(worker, context, metrics)
     return 0
 
 

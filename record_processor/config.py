@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from record_processor.metrics import DEFAULT_NAMESPACE
 from thyme.connectors.source import source_spec
 from thyme.dataset import DatasetSchema, dataset_schema
 from thyme.errors import ConfigError, LoadError
@@ -39,6 +41,9 @@ class ProcessorConfig(BaseModel):
     """Region of the lease table."""
     dynamodb_endpoint_url: str | None = None
     """DynamoDB endpoint override (local stacks)."""
+    metrics: Literal["emf", "off"] = "off"
+    """``emf``: one CloudWatch Embedded Metric Format line per batch on stderr."""
+    metrics_namespace: str = DEFAULT_NAMESPACE
 
     @property
     def max_lateness(self) -> timedelta | None:

@@ -26,6 +26,7 @@ from amazon_kclpy.messages import (
 from amazon_kclpy.v3 import processor as v3
 
 from record_processor.envelope import InputRecord, decode_process_records, from_base64
+from record_processor.metrics import EmfMetrics
 from record_processor.processor import BatchFailedError, ShardWorker
 from thyme.errors import ThymeError
 from thyme.store.base import Position
@@ -79,8 +80,10 @@ class KclProcessor(v3.RecordProcessorBase):  # type: ignore[misc]
         worker: ShardWorker,
         log_context: dict[str, object] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        metrics: EmfMetrics | None = None,
     ) -> None:
         self.worker = worker
+        self.metrics = metrics
         self._log_context = log_context if log_context is not None else {}
         self._sleep = sleep
         self._last: Position | None = None
@@ -103,7 +106,9 @@ class KclProcessor(v3.RecordProcessorBase):  # type: ignore[misc]
             ]
         records: list[InputRecord] = delivered
         started = time.perf_counter()
-        outcome = _guard(lambda: self.worker.process(records))
+        lag = process_records_input.millis_behind_latest
+        outcome = _guard(lambda: self.worker.process(records, lag))
+        seconds = time.perf_counter() - started
         log.info(
             "batch applied",
             extra={
@@ -115,21 +120,26 @@ class KclProcessor(v3.RecordProcessorBase):  # type: ignore[misc]
                     "replayed": outcome.replayed,
                     "dead_letters": dict(outcome.dead_letters),
                     "attempts": outcome.attempts,
-                    "millis_behind_latest": process_records_input.millis_behind_latest,
-                    "seconds": round(time.perf_counter() - started, 4),
+                    "millis_behind_latest": lag,
+                    "seconds": round(seconds, 4),
+                    "store_seconds": round(outcome.store_seconds, 4),
                 }
             },
         )
+        if self.metrics is not None:
+            self.metrics.batch(self.worker.shard, outcome, seconds, lag)
         if outcome.last is not None:
             self._last = outcome.last
             self._checkpoint(process_records_input.checkpointer, str(outcome.last.sequence), outcome.last.sub_sequence)
 
     def lease_lost(self, lease_lost_input: LeaseLostInput) -> None:
-        log.info("lease lost; another worker owns the shard now (no checkpoint)")
+        log.info(
+            "lease lost; another worker owns the shard now (no checkpoint)", extra={"fields": {"event": "lease_lost"}}
+        )
 
     def shard_ended(self, shard_ended_input: ShardEndedInput) -> None:
         _guard(self.worker.shard_ended)
-        log.info("shard ended; checkpointing at SHARD_END")
+        log.info("shard ended; checkpointing at SHARD_END", extra={"fields": {"event": "shard_ended"}})
         self._checkpoint(shard_ended_input.checkpointer, None, None)
 
     def shutdown_requested(self, shutdown_requested_input: ShutdownRequestedInput) -> None:
@@ -165,7 +175,10 @@ def _guard(action: Callable[[], R]) -> R:
     try:
         return action()
     except BatchFailedError as exc:
-        log.error("batch not applied; exiting so the daemon restarts the shard", extra={"fields": {"error": str(exc)}})
+        log.error(
+            "batch not applied; exiting so the daemon restarts the shard",
+            extra={"fields": {"event": "store_unavailable_giving_up", "error": str(exc)}},
+        )
         raise SystemExit(EXIT_STORE_UNAVAILABLE) from exc
     except ThymeError as exc:
         log.error(str(exc))
@@ -175,9 +188,9 @@ def _guard(action: Callable[[], R]) -> R:
         raise SystemExit(EXIT_INTERNAL) from exc
 
 
-def run(worker: ShardWorker, log_context: dict[str, object] | None = None) -> None:
+def run(worker: ShardWorker, log_context: dict[str, object] | None = None, metrics: EmfMetrics | None = None) -> None:
     """Serve the MultiLangDaemon protocol on stdin/stdout until the daemon closes stdin.
 
     ``log_context`` is the dict behind the JSON log lines; the shard id is added to it.
     """
-    kcl_process(KclProcessor(worker, log_context), sys.stdin, sys.stdout, sys.stderr).run()
+    kcl_process(KclProcessor(worker, log_context, metrics=metrics), sys.stdin, sys.stdout, sys.stderr).run()
