@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -14,6 +15,7 @@ from thyme.errors import ThymeError
 
 if TYPE_CHECKING:
     from thyme.kinesis.launcher import RunOptions
+    from thyme.store import DeadLetterQuery
 
 EXIT_USAGE = 2
 
@@ -48,6 +50,7 @@ def _cmd_lookup(args: argparse.Namespace) -> int:
 
 
 def _run_options(args: argparse.Namespace) -> RunOptions:
+    from record_processor.metrics import DEFAULT_NAMESPACE
     from thyme.kinesis.launcher import RunOptions
 
     return RunOptions(
@@ -60,6 +63,9 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
         idle_time_between_reads_ms=args.idle_ms,
         shutdown_grace_ms=args.shutdown_grace_ms,
         failover_time_ms=args.failover_ms,
+        metrics=getattr(args, "metrics", None),
+        metrics_namespace=getattr(args, "metrics_namespace", None) or DEFAULT_NAMESPACE,
+        progress=getattr(args, "progress", None),
     )
 
 
@@ -84,6 +90,17 @@ def _cmd_kinesis_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dead_letter_query(args: argparse.Namespace, include_redriven: bool = False) -> DeadLetterQuery:
+    from thyme.store import DeadLetterQuery
+
+    def us(moment: datetime | None) -> int | None:
+        return None if moment is None else int(moment.timestamp() * 1_000_000)
+
+    return DeadLetterQuery(
+        shard=args.shard, since_us=us(args.since), until_us=us(args.until), include_redriven=include_redriven
+    )
+
+
 def _cmd_kinesis_dead_letters(args: argparse.Namespace) -> int:
     from thyme.dataset import dataset_schema
     from thyme.loader import load_dataset
@@ -93,11 +110,14 @@ def _cmd_kinesis_dead_letters(args: argparse.Namespace) -> int:
     assert schema is not None
     store = open_store(args.store)
     try:
-        letters = store.dead_letters(schema, reason=args.reason, limit=args.limit)
+        letters = store.dead_letters(
+            schema, reason=args.reason, limit=args.limit, query=_dead_letter_query(args, args.include_redriven)
+        )
     finally:
         store.close()
     for letter in letters:
         entry = {
+            "id": letter.id,
             "shard": letter.shard,
             "sequence": letter.sequence,
             "sub_sequence": letter.sub_sequence,
@@ -105,10 +125,26 @@ def _cmd_kinesis_dead_letters(args: argparse.Namespace) -> int:
             "reason": letter.reason,
             "arrival_ms": letter.arrival_ms,
             "recorded_at_us": letter.recorded_at_us,
+            "redriven_at_us": letter.redriven_at_us,
             # the payload as text with undecodable bytes escaped (\xNN), never raw to a terminal
             "payload": letter.raw.decode("utf-8", "backslashreplace"),
         }
         sys.stdout.write(msgspec.json.encode(entry).decode() + "\n")
+    return 0
+
+
+def _cmd_kinesis_redrive(args: argparse.Namespace) -> int:
+    from thyme.loader import load_dataset
+    from thyme.redrive import redrive
+    from thyme.store import open_store
+
+    klass = load_dataset(args.dataset)
+    store = open_store(args.store)
+    try:
+        report = redrive(klass, store, reason=args.reason, query=_dead_letter_query(args), dry_run=args.dry_run)
+    finally:
+        store.close()
+    sys.stdout.write(msgspec.json.encode(report.as_dict()).decode() + "\n")
     return 0
 
 
@@ -223,6 +259,24 @@ def build_parser() -> argparse.ArgumentParser:
         "process per leased shard applies records to the store; SIGTERM or Ctrl-C stops gracefully.",
     )
     _add_run_options(run)
+    run.add_argument(
+        "--metrics",
+        choices=["emf", "off"],
+        default=os.environ.get("THYME_METRICS") or None,
+        help="per-batch CloudWatch Embedded Metric Format lines on stderr ($THYME_METRICS; "
+        "default: emf with the aws profile, off with local)",
+    )
+    run.add_argument(
+        "--metrics-namespace",
+        default=os.environ.get("THYME_METRICS_NAMESPACE") or None,
+        help="CloudWatch namespace of the metrics ($THYME_METRICS_NAMESPACE; default Thyme/KinesisSource)",
+    )
+    run.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a status line with records/s and lag below the logs (default: only on a terminal)",
+    )
     run.set_defaults(handler=_cmd_kinesis_run)
     props = kinesis_commands.add_parser(
         "properties",
@@ -240,20 +294,44 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=_cmd_kinesis_status)
     dead = kinesis_commands.add_parser(
         "dead-letters",
-        help="list dead letters as JSON lines (reason, shard, sequence, payload escaped)",
-        description="Print the dataset's dead letters, oldest first, one JSON object per line.",
+        help="list dead letters (JSON lines) or re-drive them",
+        description="`list` (the default) prints the dataset's dead letters, oldest first, one JSON object "
+        "per line, payload escaped; `redrive` validates them again against the dataset as it is now and "
+        "applies the ones that pass, once, keeping the rest.",
     )
-    dead.add_argument("dataset", metavar="MODULE:DATASET")
-    dead.add_argument("--store", default=None, help="store URL (default: $THYME_STORE_URL or sqlite:///thyme.db)")
-    dead.add_argument("--reason", default=None, help='only this reason, e.g. late or "invalid_json"')
-    dead.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
-    dead.set_defaults(handler=_cmd_kinesis_dead_letters)
+    dead_commands = dead.add_subparsers(dest="dead_letters_command", required=True)
+    listing = dead_commands.add_parser("list", help="print dead letters as JSON lines")
+    again = dead_commands.add_parser(
+        "redrive",
+        help="apply the dead letters that pass the current dataset; keep the rest",
+        description="Validate each dead letter again (decoder, schema, future-skew bound of the dataset as it "
+        "is now) and apply the ones that pass, marking them re-driven in the same transaction: running it "
+        "twice applies nothing twice. `late` letters are kept unless --reason late asks for them. Prints a "
+        "JSON summary.",
+    )
+    for command in (listing, again):
+        command.add_argument("dataset", metavar="MODULE:DATASET")
+        command.add_argument(
+            "--store", default=None, help="store URL (default: $THYME_STORE_URL or sqlite:///thyme.db)"
+        )
+        command.add_argument("--reason", default=None, help='only this reason, e.g. late or "invalid_json"')
+        command.add_argument("--shard", default=None, help="only this shard, e.g. shardId-000000000001")
+        command.add_argument("--since", type=_at, default=None, help="recorded at or after this ISO-8601 time")
+        command.add_argument("--until", type=_at, default=None, help="recorded before this ISO-8601 time")
+    listing.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
+    listing.add_argument("--include-redriven", action="store_true", help="also the ones already re-driven")
+    listing.set_defaults(handler=_cmd_kinesis_dead_letters)
+    again.add_argument("--dry-run", action="store_true", help="only count what would be applied")
+    again.set_defaults(handler=_cmd_kinesis_redrive)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:2] == ["kinesis", "dead-letters"] and given[2:3] and given[2] not in ("list", "redrive", "-h", "--help"):
+        given.insert(2, "list")  # `thyme kinesis dead-letters MODULE:DATASET` lists, as before
+    args = parser.parse_args(given)
     try:
         code: int = args.handler(args)
     except ThymeError as exc:

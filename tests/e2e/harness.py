@@ -81,6 +81,8 @@ class Consumer:
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.extra_args: list[str] = []
+        """More ``thyme kinesis run`` options, e.g. ``["--metrics", "emf"]``."""
 
     def command(self) -> list[str]:
         return [
@@ -94,6 +96,7 @@ class Consumer:
             self.application,
             "--worker-id",
             self.worker_id,
+            *self.extra_args,
         ]
 
     def start(self) -> Consumer:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ def test_records_land_once_with_lookups_and_dead_letters(kinesis: Any, new_consu
         ("u3", b'{"n": 1, "page": "/", "timestamp": "2024-05-01T12:00:00Z"}'),
         ("u4", json.dumps(click(9001, "u4", base)).encode().replace(b"+00:00", b"")),
         ("u5", b"\xff\xfe not utf-8"),
+        ("u6", json.dumps({"user_id": "u6", "n": 6, "timestamp": base.isoformat()}).encode()),  # fixed by v2
     ]
     for reason in (
         "invalid_json",
@@ -36,6 +38,7 @@ def test_records_land_once_with_lookups_and_dead_letters(kinesis: Any, new_consu
         "schema: user_id: missing",
         'schema: timestamp: timestamp has no time zone; add "Z" or an offset such as "+00:00"',
         "invalid_utf8",
+        "schema: page: missing",
     ):
         ledger.expect_rejected(reason)
     late = [click(10_000 + i, f"u{i}", base - timedelta(hours=1)) for i in range(5)]
@@ -45,7 +48,9 @@ def test_records_land_once_with_lookups_and_dead_letters(kinesis: Any, new_consu
     produce(kinesis, stream, [*bad, *[(e["user_id"], json.dumps(e).encode()) for e in late + future]])
 
     app = write_app(tmp_path, arn, "trim_horizon")
-    consumer = new_consumer(app).start()
+    consumer = new_consumer(app)
+    consumer.extra_args = ["--metrics", "emf"]
+    consumer.start()
     store = StoreView(consumer.store)
     started = now()
     store.wait_total(ledger.total, 180, consumer)
@@ -79,6 +84,13 @@ def test_records_land_once_with_lookups_and_dead_letters(kinesis: Any, new_consu
     assert {s["lease_owner"] for s in found["shards"]} == {consumer.worker_id}
     assert sum(s["applied"] for s in found["shards"]) == len(valid)
     assert found["dead_letters_by_reason"] == dict(ledger.rejected)
+    by_shard: Counter[str] = Counter()
+    for shard in found["shards"]:
+        by_shard.update(shard["dead_letters_by_reason"])
+        assert shard["last_batch_at"] is not None
+        # the lag KCL reported with the last batch: behind by at most the test's age, never negative
+        assert 0 <= shard["millis_behind_latest"] < 600_000
+    assert by_shard == ledger.rejected
     table = subprocess.run(
         [THYME, "kinesis", "status", f"{app}:Clicks", "--store", url, "--application-name", consumer.application],
         capture_output=True,
@@ -95,6 +107,9 @@ def test_records_land_once_with_lookups_and_dead_letters(kinesis: Any, new_consu
         "store",
         "position",
         "watermark",
+        "behind",
+        "last",
+        "batch",
         "applied",
         "dead",
     ]
@@ -103,6 +118,39 @@ def test_records_land_once_with_lookups_and_dead_letters(kinesis: Any, new_consu
     assert consumer.stop() == 0
     log = consumer.log_text()
     assert "shutdown requested; checkpointing the last applied record" in log
+    assert "\x1b[K" not in log  # no progress line when stderr is not a terminal
+    # metrics: one CloudWatch EMF line per applied batch; their counts add up to the ledger
+    metrics = [json.loads(line) for line in log.splitlines() if line.startswith('{"_aws":')]
+    assert sum(m["RecordsApplied"] for m in metrics) == len(valid)
+    assert sum(m["RecordsLate"] for m in metrics) == len(late)
+    assert sum(m["RecordsInvalid"] for m in metrics) == ledger.total - len(valid) - len(late)
+    assert {m["Shard"] for m in metrics} == {"shardId-000000000000", "shardId-000000000001"}
+    assert all(m["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "Thyme/KinesisSource" for m in metrics)
+
+    # dead letters: list with filters, then re-drive against the fixed dataset (page optional, v2)
+    def cli_lines(*args: str) -> list[dict[str, Any]]:
+        done = run_cli(*args, "--store", url, env=consumer.env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line) for line in done.stdout.splitlines()]
+
+    listed = cli_lines("kinesis", "dead-letters", "list", f"{app}:Clicks", "--reason", "invalid_utf8")
+    assert [(d["partition_key"], d["payload"]) for d in listed] == [("u5", "\\xff\\xfe not utf-8")]
+    per_shard = cli_lines("kinesis", "dead-letters", "list", f"{app}:Clicks", "--shard", "shardId-000000000000")
+    assert {d["shard"] for d in per_shard} == {"shardId-000000000000"}
+    fixed = tmp_path / "app_fixed.py"
+    fixed.write_text(
+        app.read_text()
+        .replace("@dataset(index=True)", "@dataset(index=True, version=2)")
+        .replace("page: Field[str]", "page: Field[str | None]")
+    )
+    (report,) = cli_lines("kinesis", "dead-letters", "redrive", f"{fixed}:Clicks")
+    assert (report["redriven"], report["not_redriven"]) == (1, {"late": len(late)})
+    assert sum(report["still_failing"].values()) == ledger.total - len(valid) - len(late) - 1
+    (again,) = cli_lines("kinesis", "dead-letters", "redrive", f"{fixed}:Clicks")
+    assert again["redriven"] == 0
+    u6 = lookup(load_dataset(f"{fixed}:Clicks"), "u6", store=url)
+    assert u6 is not None
+    assert (u6.n, u6.page) == (6, None)
     assert set(store.shards()) == {"shardId-000000000000", "shardId-000000000001"}
     print(f"first records visible after {first_visible.total_seconds():.1f}s")  # noqa: T201
 

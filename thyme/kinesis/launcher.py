@@ -17,6 +17,7 @@ Java, the KCL jars, the store), each failure one clear line. Then:
 from __future__ import annotations
 
 import collections
+import io
 import logging
 import os
 import re
@@ -32,12 +33,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Final, TextIO
+from typing import Final, Literal, TextIO
 
 from record_processor.config import ProcessorConfig
+from record_processor.metrics import DEFAULT_NAMESPACE
 from thyme.connectors.source import source_spec
 from thyme.dataset import dataset_schema
 from thyme.errors import ConfigError, LoadError, StoreUnavailableError, ThymeError
+from thyme.kinesis.progress import Progress
 from thyme.kinesis.properties import KclProperties, Profile, build_properties
 from thyme.store import open_store, store_url
 
@@ -70,6 +73,11 @@ class RunOptions:
     idle_time_between_reads_ms: int = 250
     shutdown_grace_ms: int = 30_000
     failover_time_ms: int = 10_000
+    metrics: Literal["emf", "off"] | None = None
+    """Per-batch CloudWatch EMF lines from the children; None: ``emf`` with the aws profile, else off."""
+    metrics_namespace: str = DEFAULT_NAMESPACE
+    progress: bool | None = None
+    """A status line (records/s, lag) below the logs; None: only when stderr is a terminal."""
     max_fast_failures: int = 5
     """Give up after this many daemon exits, each within ``fast_failure_s`` of its start."""
     fast_failure_s: float = 60.0
@@ -173,6 +181,10 @@ def plan(klass: type, options: RunOptions, environ: Mapping[str, str] | None = N
         lease_table=properties.table_name,
         region=connection.region,
         dynamodb_endpoint_url=properties.dynamodb_endpoint,
+        # the same default as the properties' profile: local when the stream has an endpoint URL
+        metrics=options.metrics
+        or ("off" if (options.profile or (connection.endpoint_url and "local")) == "local" else "emf"),
+        metrics_namespace=options.metrics_namespace,
     )
     return Plan(properties, config, _java(), _classpath(), _logback())
 
@@ -193,6 +205,8 @@ class Supervisor:
         self._jvm: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._tail: collections.deque[str] = collections.deque(maxlen=40)
+        show = options.progress if options.progress is not None else _is_terminal(self.err)
+        self.progress = Progress(self.err) if show else None
 
     def stop(self, signum: int = signal.SIGTERM, frame: FrameType | None = None) -> None:
         """Ask the daemon to shut down gracefully (SIGTERM to the JVM only); twice: kill it."""
@@ -215,9 +229,20 @@ class Supervisor:
             _write_private(properties_file, self.plan.properties.render())
             _write_private(config_file, self.plan.config.model_dump_json())
             env = {**os.environ, "THYME_PROCESSOR_CONFIG": str(config_file), "PYTHONUNBUFFERED": "1"}
+            if self.progress is not None:
+                threading.Thread(target=self._tick, name="progress", daemon=True).start()
             return self._loop(self.plan.command(properties_file), env)
         finally:
+            self._stopping.set()
+            if self.progress is not None:
+                self.progress.clear()
             shutil.rmtree(private, ignore_errors=True)
+
+    def _tick(self) -> None:
+        """Redraw the status line every second (records/s decays when nothing arrives)."""
+        assert self.progress is not None
+        while not self._stopping.wait(1.0):
+            self.progress.redraw()
 
     def _loop(self, command: list[str], env: dict[str, str]) -> int:
         fast_failures = 0
@@ -274,9 +299,19 @@ class Supervisor:
         for raw in jvm.stdout:  # the daemon's logs, and its children's stderr it echoes
             line = raw.decode("utf-8", "replace")
             self._tail.append(line.rstrip("\n"))
-            self.err.write(line)
-            self.err.flush()
+            if self.progress is not None:
+                self.progress.write(line)
+            else:
+                self.err.write(line)
+                self.err.flush()
         return jvm.wait()
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def run(klass: type, options: RunOptions) -> int:
@@ -284,11 +319,30 @@ def run(klass: type, options: RunOptions) -> int:
     the_plan = plan(klass, options)
     supervisor = Supervisor(the_plan, options)
     previous = {sig: signal.signal(sig, supervisor.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    redirected: list[tuple[logging.StreamHandler[TextIO], TextIO]] = []
+    if supervisor.progress is not None:  # the launcher's own log lines go above the status line too
+        for log_handler in logging.getLogger().handlers:
+            if isinstance(log_handler, logging.StreamHandler) and log_handler.stream is supervisor.err:
+                log_handler.setStream(_AboveStatus(supervisor.progress))
+                redirected.append((log_handler, supervisor.err))
     try:
         return supervisor.run()
     finally:
+        for log_handler, stream in redirected:
+            log_handler.setStream(stream)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class _AboveStatus(io.TextIOBase):
+    """A stream for a logging handler: each line goes above the progress line."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+
+    def write(self, text: str) -> int:
+        self._progress.write(text)
+        return len(text)
 
 
 __all__ = ["ConfigError", "LaunchError", "Plan", "RunOptions", "Supervisor", "plan", "run"]

@@ -35,7 +35,13 @@ class ShardStatus:
     ended: bool
     applied: int
     dead_lettered: int
-    store_updated_at: str | None
+    """Records this shard ever dead-lettered (re-driven ones included)."""
+    dead_letters_by_reason: dict[str, int]
+    """Dead letters held (not re-driven), by reason."""
+    millis_behind_latest: int | None
+    """KCL's lag of the shard's reader behind the stream's tip, as reported with the last batch."""
+    last_batch_at: str | None
+    """When the store last applied a batch of this shard."""
 
 
 def _iso_us(us: int | None) -> str | None:
@@ -82,10 +88,14 @@ def status(
     store = open_store(options.store_url)
     try:
         shards = {s.shard: s for s in store.shards(schema)}
-        reasons = store.dead_letter_counts(schema)
+        by_shard = store.dead_letter_counts_by_shard(schema)
     finally:
         store.close()
     rows = []
+    reasons: dict[str, int] = {}
+    for counts in by_shard.values():
+        for reason, n in counts.items():
+            reasons[reason] = reasons.get(reason, 0) + n
     for shard in sorted(set(leases) | set(shards)):
         lease, stored = leases.get(shard, {}), shards.get(shard)
         checkpoint = lease.get("checkpoint")
@@ -102,10 +112,12 @@ def status(
                 ended=bool(stored and stored.state.ended),
                 applied=0 if stored is None else stored.applied,
                 dead_lettered=0 if stored is None else stored.dead_lettered,
-                store_updated_at=None if stored is None else _iso_us(stored.updated_at_us),
+                dead_letters_by_reason=by_shard.get(shard, {}),
+                millis_behind_latest=None if stored is None else stored.millis_behind_latest,
+                last_batch_at=None if stored is None else _iso_us(stored.updated_at_us),
             )
         )
-    return rows, reasons
+    return rows, dict(sorted(reasons.items()))
 
 
 def as_json(rows: list[ShardStatus], reasons: dict[str, int]) -> dict[str, Any]:
@@ -120,7 +132,18 @@ def as_table(rows: list[ShardStatus], reasons: dict[str, int]) -> str:
             return "-"
         return value if len(value) <= 16 else "…" + value[-12:]
 
-    header = ("shard", "owner", "renewals", "kcl checkpoint", "store position", "watermark", "applied", "dead")
+    header = (
+        "shard",
+        "owner",
+        "renewals",
+        "kcl checkpoint",
+        "store position",
+        "watermark",
+        "behind",
+        "last batch",
+        "applied",
+        "dead",
+    )
     lines = [
         (
             r.shard + (" (ended)" if r.ended else ""),
@@ -129,6 +152,8 @@ def as_table(rows: list[ShardStatus], reasons: dict[str, int]) -> str:
             short(r.kcl_checkpoint),
             short(r.store_position),
             r.watermark or "-",
+            "-" if r.millis_behind_latest is None else f"{r.millis_behind_latest / 1000:.1f}s",
+            r.last_batch_at or "-",
             str(r.applied),
             str(r.dead_lettered),
         )
@@ -140,6 +165,9 @@ def as_table(rows: list[ShardStatus], reasons: dict[str, int]) -> str:
     if not rows:
         out.append("(no shard has a lease or stored state yet)")
     out.append("")
-    out.append("dead letters by reason:" if reasons else "no dead letters")
+    out.append("dead letters held, by reason:" if reasons else "no dead letters held")
     out += [f"  {count:8}  {reason}" for reason, count in reasons.items()]
+    for r in rows:
+        if r.dead_letters_by_reason:
+            out.append(f"  {r.shard}: " + ", ".join(f"{reason} {n}" for reason, n in r.dead_letters_by_reason.items()))
     return "\n".join(out) + "\n"
