@@ -158,8 +158,19 @@ def main() -> int:
         )
         for key, row in zip(keys, json.loads(result.stdout), strict=True):
             say(f"   {key:8} -> {json.dumps(row)}")
+        status = subprocess.run(
+            [thyme, "kinesis", "status", "examples/app.py:ClickEvent", "--store", f"sqlite:///{store}"],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        say("   thyme kinesis status examples/app.py:ClickEvent (lease table + store, per shard):")
+        for text in status.stdout.splitlines()[:3]:
+            say("   " + text)
         _, dead = progress(store, total)
-        say("7. dead letters by reason:")
+        say("7. dead letters by reason (thyme kinesis dead-letters list|redrive to inspect and replay them):")
         for reason, count in sorted(dead.items()):
             say(f"   {count:5}  {reason}")
         applied, _ = progress(store, total)
