@@ -62,7 +62,7 @@ class LaunchError(ThymeError):
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Settings of ``thyme kinesis run`` (each also has an environment variable)."""
+    """Settings of ``thyme kinesis run`` (see its ``--help`` for the environment variables some have)."""
 
     store_url: str | None = None
     application_name: str | None = None

