@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
@@ -37,9 +37,11 @@ from typing import Final, Literal, TextIO
 
 from record_processor.config import ProcessorConfig
 from record_processor.metrics import DEFAULT_NAMESPACE
+from thyme.connectors.kinesis import KinesisConnection
 from thyme.connectors.source import source_spec
 from thyme.dataset import dataset_schema
 from thyme.errors import ConfigError, LoadError, StoreUnavailableError, ThymeError
+from thyme.kinesis.bootstrap import bootstrap_leases
 from thyme.kinesis.progress import Progress
 from thyme.kinesis.properties import KclProperties, Profile, build_properties
 from thyme.store import open_store, store_url
@@ -73,6 +75,8 @@ class RunOptions:
     idle_time_between_reads_ms: int = 250
     shutdown_grace_ms: int = 30_000
     failover_time_ms: int = 10_000
+    bootstrap_leases: bool = True
+    """On a new application, create the lease table and leases before KCL (skips its 1-30 s random wait)."""
     metrics: Literal["emf", "off"] | None = None
     """Per-batch CloudWatch EMF lines from the children; None: ``emf`` with the aws profile, else off."""
     metrics_namespace: str = DEFAULT_NAMESPACE
@@ -92,6 +96,9 @@ class Plan:
     java: str
     classpath: Path
     logback: Path
+    connection: KinesisConnection | None = field(default=None, repr=False)
+    """The resolved source (holds the role ARN; its repr redacts it)."""
+    sts_endpoint_url: str | None = None
 
     def command(self, properties_file: Path) -> list[str]:
         opts = os.environ.get(ENV_JAVA_OPTS, "").split()
@@ -186,7 +193,8 @@ def plan(klass: type, options: RunOptions, environ: Mapping[str, str] | None = N
         or ("off" if (options.profile or (connection.endpoint_url and "local")) == "local" else "emf"),
         metrics_namespace=options.metrics_namespace,
     )
-    return Plan(properties, config, _java(), _classpath(), _logback())
+    sts = options.sts_endpoint_url or environ.get(ENV_STS_ENDPOINT) or None
+    return Plan(properties, config, _java(), _classpath(), _logback(), connection, sts)
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -317,6 +325,12 @@ def _is_terminal(stream: TextIO) -> bool:
 def run(klass: type, options: RunOptions) -> int:
     """Plan, then supervise the daemon until SIGTERM/SIGINT. Returns the exit status."""
     the_plan = plan(klass, options)
+    if options.bootstrap_leases:
+        bootstrap_leases(
+            the_plan.properties,
+            role_arn=None if the_plan.connection is None else the_plan.connection.role_arn,
+            sts_endpoint_url=the_plan.sts_endpoint_url,
+        )
     supervisor = Supervisor(the_plan, options)
     previous = {sig: signal.signal(sig, supervisor.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     redirected: list[tuple[logging.StreamHandler[TextIO], TextIO]] = []
