@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from record_processor.metrics import DEFAULT_NAMESPACE
 from thyme.connectors.source import source_spec
@@ -31,7 +31,7 @@ class ProcessorConfig(BaseModel):
     """``@source(max_lateness=...)`` in milliseconds; None: nothing is late."""
     max_future_skew_ms: int = 3_600_000
     """``@source(max_future_skew=...)`` in milliseconds."""
-    store_url: str | None = None
+    store_url: str | None = Field(None, repr=False)
     """The store; None: ``THYME_STORE_URL`` or the default SQLite file."""
     retry_give_up_after_s: float = 120.0
     """How long a batch is retried against an unavailable store before the child exits."""

@@ -2,7 +2,16 @@
 
 base64 (strict alphabet) → UTF-8 → exactly one JSON object (msgspec, which rejects lone
 surrogates, NaN/Infinity, a BOM and trailing data) → the dataset's fields, by name, with
-their types (extra keys ignored) → timestamps normalised to UTC.
+their types (extra keys ignored), each field given once → timestamps normalised to UTC.
+
+The checks keep that order: a document that is not UTF-8 JSON is ``invalid_utf8`` or
+``invalid_json`` even where a field before the bad byte has the wrong type or where the bad
+bytes are in a key that is ignored. JSON lets an object repeat a key (msgspec keeps the last
+one); a record that gives a dataset field, or a key of a ``dict`` field, twice is ambiguous and
+becomes ``schema: <field>: duplicate key``. Detecting that costs a few ``bytes.count`` calls per
+record; only a record where a key may repeat is parsed again to be sure. A key that no store can
+index (a NUL character, more than :data:`MAX_KEY_BYTES` bytes) is a dead letter too, never a
+batch the store keeps refusing.
 
 Each record's fate is a value: an :data:`Accepted` row or a reason string for a dead letter. The
 decoder is compiled once per process from the :class:`~thyme.dataset.DatasetSchema`.
@@ -10,8 +19,9 @@ decoder is compiled once per process from the :class:`~thyme.dataset.DatasetSche
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Final
 
@@ -26,12 +36,23 @@ EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US: Final = timedelta(microseconds=1)
 _PATH: Final = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 _MISSING_FIELD: Final = re.compile(r"Object missing required field `(?P<name>[^`]+)`")
+_ESCAPED_KEY: Final = re.compile(rb'\\.(?:[^"\\]|\\.)*"\s*:', re.S)
+"""Matches from an escape sequence inside a key to the key's end: a key that may be spelt with
+escapes (``"user\\u005fid"``), whose bytes then differ from the field name's."""
+MAX_KEY_BYTES: Final = 2048
+"""Longest key (UTF-8 bytes) accepted: PostgreSQL's btree refuses index entries over ~2.7 kB."""
+_MAX_KEY_CHARS_UNCHECKED: Final = MAX_KEY_BYTES // 4
+_BACKSLASH: Final = ord("\\")
+_SKIP_JSON: Final = msgspec.json.Decoder(msgspec.Raw)
+"""Checks that bytes are one JSON document (any numbers, strings not checked for UTF-8)."""
 
 # Reasons for dead letters (``schema: <field>: <what>`` is built per record).
 INVALID_BASE64: Final = "invalid_base64"
 INVALID_UTF8: Final = "invalid_utf8"
 INVALID_JSON: Final = "invalid_json"
 NOT_AN_OBJECT: Final = "not_an_object"
+TOO_DEEPLY_NESTED: Final = "too_deeply_nested"
+"""Arrays/objects nested deeper than the parser's recursion limit (about 1,000 levels)."""
 
 
 class InvalidValueError(Exception):
@@ -55,7 +76,10 @@ def to_utc_us(value: datetime | int | float, path: str) -> tuple[datetime, int]:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise InvalidValueError(path, 'timestamp has no time zone; add "Z" or an offset such as "+00:00"')
-        moment = value if value.tzinfo is UTC else value.astimezone(UTC)
+        try:
+            moment = value if value.tzinfo is UTC else value.astimezone(UTC)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+            raise InvalidValueError(path, "timestamp out of range (years 1 to 9999 in UTC)") from None
         return moment, (moment - EPOCH) // _ONE_US
     magnitude = abs(value)
     if magnitude < 1e11:
@@ -91,6 +115,57 @@ def _normaliser(spec: TypeSpec, path: str) -> Callable[[Any], Any] | None:
     return None
 
 
+def _dict_keys(spec: TypeSpec) -> Callable[[Any], Iterator[str]] | None:
+    """A function yielding every key of every dict inside a decoded value, or None if the type
+    holds no dict."""
+    if spec.item is None:
+        return None
+    inner = _dict_keys(spec.item)
+    if spec.kind == "dict":
+
+        def dict_keys(value: Any) -> Iterator[str]:
+            if value is not None:
+                yield from value
+                if inner is not None:
+                    for item in value.values():
+                        yield from inner(item)
+
+        return dict_keys
+    if inner is None:
+        return None
+    list_inner = inner
+
+    def list_keys(value: Any) -> Iterator[str]:
+        if value is not None:
+            for item in value:
+                yield from list_inner(item)
+
+    return list_keys
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object as its ``(key, value)`` pairs, in document order (repeats kept)."""
+
+
+def _repeated_in(value: Any, spec: TypeSpec, path: str) -> str | None:
+    """The path of the first dict inside ``value`` (parsed into :class:`_Pairs`) that repeats a key."""
+    if spec.item is None or value is None:
+        return None
+    if spec.kind == "dict":
+        assert isinstance(value, _Pairs)
+        names = [name for name, _ in value]
+        if len(set(names)) != len(names):
+            return path
+        items = [(f"{path}[...]", item) for _, item in value]
+    else:
+        items = [(f"{path}[{i}]", item) for i, item in enumerate(value)]
+    for item_path, item in items:
+        found = _repeated_in(item, spec.item, item_path)
+        if found is not None:
+            return found
+    return None
+
+
 def _msgspec_type(spec: TypeSpec) -> Any:
     base: Any
     if spec.kind == "list":
@@ -109,6 +184,29 @@ def _msgspec_type(spec: TypeSpec) -> Any:
             "datetime": datetime | _Int64 | float,
         }[spec.kind]
     return base | None if spec.optional else base
+
+
+def _not_json(raw: bytes) -> str | None:
+    """The reason ``raw`` is not one JSON document (invalid UTF-8 or JSON, too deep), or None."""
+    try:
+        _SKIP_JSON.decode(raw)
+    except RecursionError:
+        return _utf8_or(raw, TOO_DEEPLY_NESTED)
+    except msgspec.DecodeError:
+        return _utf8_or(raw, INVALID_JSON)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return INVALID_UTF8
+    return None
+
+
+def _utf8_or(raw: bytes, reason: str) -> str:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return INVALID_UTF8
+    return reason
 
 
 def _reason(exc: msgspec.ValidationError) -> str:
@@ -140,7 +238,11 @@ class RecordDecoder:
         self._decoder = msgspec.json.Decoder(self._struct)
         self._encode = msgspec.json.Encoder().encode
         self._key = schema.key_field.name
+        self._str_key = schema.key_field.type.kind == "str"
         self._ts = schema.timestamp_field.name
+        self._fields = {f.name: f.type for f in schema.fields}
+        self._quoted = tuple(b'"' + f.name.encode() + b'"' for f in schema.fields)
+        self._dict_keys = [(f.name, keys) for f in schema.fields if (keys := _dict_keys(f.type)) is not None]
         self._others = [
             (f.name, norm)
             for f in schema.fields
@@ -152,15 +254,30 @@ class RecordDecoder:
         try:
             record = self._decoder.decode(raw)
         except msgspec.ValidationError as exc:
-            return _reason(exc)
-        except UnicodeDecodeError:
-            return INVALID_UTF8
-        except msgspec.DecodeError:
+            return _not_json(raw) or _reason(exc)
+        except (UnicodeDecodeError, msgspec.DecodeError, RecursionError) as exc:
+            return _utf8_or(raw, TOO_DEEPLY_NESTED if isinstance(exc, RecursionError) else INVALID_JSON)
+        if not raw.isascii():  # msgspec does not check the UTF-8 of keys and values it skips
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError:
                 return INVALID_UTF8
-            return INVALID_JSON
+        reason = None
+        # The first test of _may_repeat_a_key, inlined: this is the hot path.
+        suspect = _BACKSLASH in raw or self._dict_keys  # an int needle: memchr, 10x faster than b"\\"
+        if not suspect:
+            count = raw.count
+            for quoted in self._quoted:
+                if count(quoted) > 1:
+                    suspect = True
+                    break
+        if suspect and self._may_repeat_a_key(raw, record):
+            reason = self._repeated_key(raw)
+        key = getattr(record, self._key)
+        if self._str_key and (len(key) > _MAX_KEY_CHARS_UNCHECKED or "\x00" in key):
+            reason = reason or _unusable_key(key, self._key)
+        if reason is not None:
+            return reason
         try:
             moment, ts_us = to_utc_us(getattr(record, self._ts), self._ts)
             setattr(record, self._ts, moment)
@@ -168,4 +285,52 @@ class RecordDecoder:
                 setattr(record, name, norm(getattr(record, name)))
         except InvalidValueError as exc:
             return str(exc)
-        return (getattr(record, self._key), ts_us, self._encode(record).decode())
+        return (key, ts_us, self._encode(record).decode())
+
+    def _may_repeat_a_key(self, raw: bytes, record: Any) -> bool:
+        """False if no field and no key of a dict field can occur twice in ``raw`` (the hot path).
+
+        Without escapes in keys, a key's bytes are its name in quotes, so a repeated key makes
+        that quoted name occur at least twice. (Occurring twice, as a value or a nested key,
+        does not mean it repeats: :meth:`_repeated_key` decides.)
+        """
+        if _BACKSLASH in raw and _ESCAPED_KEY.search(raw):
+            return True
+        count = raw.count
+        for quoted in self._quoted:
+            if count(quoted) > 1:
+                return True
+        for name, keys in self._dict_keys:
+            for key in keys(getattr(record, name)):
+                if count(b'"' + key.encode() + b'"') > 1:
+                    return True
+        return False
+
+    def _repeated_key(self, raw: bytes) -> str | None:
+        """``schema: <path>: duplicate key`` if a field, or a key of a dict field, is repeated."""
+        try:
+            pairs = json.loads(raw, object_pairs_hook=_Pairs, parse_int=str, parse_float=str)
+        except RecursionError:
+            return TOO_DEEPLY_NESTED
+        assert isinstance(pairs, _Pairs)  # msgspec decoded it as an object
+        seen: set[str] = set()
+        last: dict[str, Any] = {}
+        for name, value in pairs:
+            if name in self._fields:
+                if name in seen:
+                    return f"schema: {name}: duplicate key"
+                seen.add(name)
+                last[name] = value
+        for name, _ in self._dict_keys:
+            path = _repeated_in(last.get(name), self._fields[name], name)
+            if path is not None:
+                return f"schema: {path}: duplicate key"
+        return None
+
+
+def _unusable_key(key: str, name: str) -> str | None:
+    if "\x00" in key:
+        return f"schema: {name}: a key cannot contain the NUL character (U+0000)"
+    if len(key.encode()) > MAX_KEY_BYTES:
+        return f"schema: {name}: key longer than {MAX_KEY_BYTES} bytes (UTF-8)"
+    return None

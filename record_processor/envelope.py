@@ -11,6 +11,7 @@ again leniently and only that record is marked, so it alone becomes a dead lette
 from __future__ import annotations
 
 import binascii
+import json
 
 import msgspec
 
@@ -66,7 +67,7 @@ def from_base64(
     try:
         raw, bad = binascii.a2b_base64(data, strict_mode=True), False
     except (binascii.Error, ValueError):
-        raw, bad = data.encode("utf-8", "surrogateescape"), True
+        raw, bad = data.encode("utf-8", "surrogatepass"), True  # any str, losslessly
     return InputRecord(raw, partition_key, sequence, sub_sequence or 0, arrival_ms, bad)
 
 
@@ -75,9 +76,13 @@ def decode_process_records(line: str | bytes) -> ProcessRecords:
     itself is not a valid message (which the daemon never sends)."""
     try:
         return _strict.decode(line)
-    except msgspec.ValidationError:
+    except msgspec.DecodeError:  # a ValidationError: some record's data is not base64
+        pass
+    try:
         loose = _lenient.decode(line)
-        return ProcessRecords(
-            [from_base64(r.data, r.partition_key, r.sequence, r.sub_sequence, r.arrival_ms) for r in loose.records],
-            loose.millis_behind_latest,
-        )
+    except msgspec.DecodeError:  # e.g. a lone surrogate escape in a data field, which Python's json reads
+        loose = msgspec.convert(json.loads(line), _LenientProcessRecords)
+    return ProcessRecords(
+        [from_base64(r.data, r.partition_key, r.sequence, r.sub_sequence, r.arrival_ms) for r in loose.records],
+        loose.millis_behind_latest,
+    )

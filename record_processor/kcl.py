@@ -100,10 +100,13 @@ class KclProcessor(v3.RecordProcessorBase):  # type: ignore[misc]
     def process_records(self, process_records_input: ProcessRecordsInput) -> None:
         delivered = process_records_input.records
         if delivered and not isinstance(delivered[0], InputRecord):  # parsed by kclpy itself
-            delivered = [
-                from_base64(r.data, r.partition_key, r.sequence_number, r.sub_sequence_number, r.timestamp_millis)
-                for r in delivered
-            ]
+            parsed = delivered
+            delivered = _guard(
+                lambda: [
+                    from_base64(r.data, r.partition_key, r.sequence_number, r.sub_sequence_number, r.timestamp_millis)
+                    for r in parsed
+                ]
+            )
         records: list[InputRecord] = delivered
         started = time.perf_counter()
         lag = process_records_input.millis_behind_latest

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from record_processor.decode import RecordDecoder, to_utc_us
+from record_processor.decode import MAX_KEY_BYTES, RecordDecoder, to_utc_us
 from record_processor.envelope import InputRecord, decode_process_records, from_base64
 from record_processor.lateness import FUTURE_TIMESTAMP, LATE, LatenessPolicy
 from tests.factories import ClickEvent, Purchase, b64, schema_of
@@ -197,7 +200,15 @@ def test_lateness_policy() -> None:
     assert never_late.judge(0, arrival_ms, T0_US) is None
 
 
-@settings(max_examples=300, deadline=None)
+FUZZ = settings(
+    max_examples=300,
+    deadline=timedelta(milliseconds=500),  # per example: a decode is microseconds; a hang fails
+    suppress_health_check=[HealthCheck.too_slow],
+)
+"""Every fuzz below: at most 300 examples of at most 0.5 s each (about a second in all here)."""
+
+
+@FUZZ
 @given(st.binary(max_size=300))
 def test_fuzz_arbitrary_bytes_never_raise(raw: bytes) -> None:
     result = CLICKS.decode(raw)
@@ -211,7 +222,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@FUZZ
 @given(st.dictionaries(st.sampled_from(["user_id", "page", "timestamp", "x"]), json_values))
 def test_fuzz_json_objects_are_accepted_or_explained(body: dict[str, object]) -> None:
     result = PURCHASES.decode(json.dumps(body).encode())
@@ -223,3 +234,144 @@ def test_fuzz_json_objects_are_accepted_or_explained(body: dict[str, object]) ->
         assert isinstance(json.loads(result[2]), dict)
     else:
         assert result.startswith("schema: ")
+
+
+@FUZZ
+@given(st.binary(min_size=1, max_size=300), st.integers(min_value=0), st.integers(min_value=0, max_value=3))
+def test_fuzz_a_damaged_valid_record_is_accepted_or_explained(noise: bytes, at: int, how: int) -> None:
+    """Bytes inserted into, overwritten in or cut from a valid record: a row or a known reason."""
+    valid = purchase()
+    at %= len(valid)
+    damaged = [
+        valid[:at] + noise + valid[at:],
+        valid[:at] + noise + valid[at + len(noise) :],
+        valid[:at],
+        noise + valid,
+    ][how]
+    result = PURCHASES.decode(damaged)
+    if isinstance(result, str):
+        assert result in KNOWN_REASONS or result.startswith("schema: "), result
+    else:
+        json.loads(damaged)  # accepted: it was valid JSON after all
+
+
+KNOWN_REASONS = {"invalid_utf8", "invalid_json", "not_an_object", "too_deeply_nested"}
+CLICK_FIELDS = ("user_id", "page", "timestamp")
+KEY_VALUES: dict[str, st.SearchStrategy[Any]] = {
+    "user_id": st.text(max_size=6).filter(lambda k: "\x00" not in k),
+    "page": st.text(max_size=6),
+    "timestamp": st.sampled_from(["2024-05-01T12:00:00Z", 1714564800, 1714564800.5]),
+    "x": json_values,
+}
+
+
+def spell(key: str, escaped: bool) -> str:
+    """A JSON string for ``key``: plain, or every character as a ``\\uXXXX`` escape."""
+    return '"' + "".join(f"\\u{ord(c):04x}" for c in key) + '"' if escaped else json.dumps(key)
+
+
+@FUZZ
+@given(
+    st.lists(st.sampled_from(["user_id", "page", "timestamp", "x"]), max_size=7),
+    st.data(),
+)
+def test_fuzz_a_repeated_field_is_never_accepted(names: list[str], data: st.DataObject) -> None:
+    """Objects whose keys may repeat (spelt plainly or with escapes, any blanks around ``:``):
+    accepted exactly when each field appears once, else a precise reason."""
+    blank = st.sampled_from(["", " ", "\n", "\t "])
+    parts = []
+    for name in names:
+        value = data.draw(KEY_VALUES[name])
+        key = spell(name, data.draw(st.booleans()))
+        parts.append(f"{data.draw(blank)}{key}{data.draw(blank)}:{data.draw(blank)}{json.dumps(value)}")
+    raw = ("{" + ",".join(parts) + "}").encode()
+    result = CLICKS.decode(raw)
+    fields = [n for n in names if n in CLICK_FIELDS]
+    repeated = sorted({n for n in fields if fields.count(n) > 1})
+    if not repeated and set(fields) == set(CLICK_FIELDS):
+        assert isinstance(result, tuple), result
+    elif repeated:
+        assert isinstance(result, str), raw
+        if result.endswith(": duplicate key"):
+            assert result.removeprefix("schema: ").removesuffix(": duplicate key") in repeated
+        else:  # an occurrence had the wrong type, or a field is missing: msgspec said so first
+            assert result.startswith("schema: ")
+    else:
+        assert result in {f"schema: {n}: missing" for n in CLICK_FIELDS if n not in fields}
+
+
+@FUZZ
+@given(st.lists(st.sampled_from(["a", "b", "ü", 'a"b']), max_size=5))
+def test_fuzz_a_repeated_key_in_a_dict_field_is_never_accepted(keys: list[str]) -> None:
+    attrs = "{" + ",".join(f"{json.dumps(k)}:{i}" for i, k in enumerate(keys)) + "}"
+    raw = purchase().replace(b'{"n": 1}', attrs.encode())
+    result = PURCHASES.decode(raw)
+    if len(set(keys)) == len(keys):
+        assert isinstance(result, tuple), result
+    else:
+        assert result == "schema: attrs: duplicate key"
+
+
+def test_keys_a_store_cannot_index_are_dead_letters() -> None:
+    longest = "k" * MAX_KEY_BYTES
+    assert isinstance(CLICKS.decode(click(user_id=longest)), tuple)
+    assert CLICKS.decode(click(user_id=longest + "k")) == "schema: user_id: key longer than 2048 bytes (UTF-8)"
+    assert CLICKS.decode(click(user_id="é" * 1025)) == "schema: user_id: key longer than 2048 bytes (UTF-8)"
+    assert isinstance(CLICKS.decode(click(user_id="é" * 1024)), tuple)
+    assert CLICKS.decode(click(user_id="a\x00")) == "schema: user_id: a key cannot contain the NUL character (U+0000)"
+    assert isinstance(PURCHASES.decode(purchase(order_id=2**62)), tuple)  # an int key has neither problem
+
+
+# -- the envelope -----------------------------------------------------------------------------
+
+b64_text = st.binary(max_size=64).map(lambda b: base64.b64encode(b).decode())
+any_text = st.text(max_size=24)  # no lone surrogates: a JSON encoder escapes them, the daemon never sends them
+
+
+@FUZZ
+@given(
+    st.lists(
+        st.tuples(
+            b64_text | any_text,
+            any_text,
+            st.integers(min_value=0, max_value=10**60),
+            st.none() | st.integers(min_value=0, max_value=2**31 - 1),
+            st.none() | st.integers(min_value=0, max_value=2**53),
+        ),
+        max_size=6,
+    ),
+    st.none() | st.integers(min_value=0, max_value=2**53),
+    st.booleans(),
+)
+def test_fuzz_envelope_marks_only_the_records_with_bad_base64(
+    items: list[tuple[str, str, int, int | None, int | None]], behind: int | None, ascii_only: bool
+) -> None:
+    """Any ``processRecords`` line: every record comes out, in order, with its fields; its bytes
+    decoded if its ``data`` is strict base64, else kept as delivered and marked."""
+    records = []
+    for data, key, sequence, sub, arrival in items:
+        record: dict[str, Any] = {
+            "action": "record",
+            "data": data,
+            "partitionKey": key,
+            "sequenceNumber": str(sequence),
+        }
+        if sub is not None:
+            record["subSequenceNumber"] = sub
+        if arrival is not None:
+            record["approximateArrivalTimestamp"] = arrival
+        records.append(record)
+    line = json.dumps(
+        {"action": "processRecords", "records": records, "millisBehindLatest": behind},
+        separators=(",", ":"),
+        ensure_ascii=ascii_only,
+    )
+    message = decode_process_records(line)
+    assert message.millis_behind_latest == behind
+    assert len(message.records) == len(items)
+    for got, (data, key, sequence, sub, arrival) in zip(message.records, items, strict=True):
+        try:
+            raw, bad = binascii.a2b_base64(data, strict_mode=True), False
+        except (binascii.Error, ValueError):
+            raw, bad = data.encode(), True
+        assert got == InputRecord(raw, key, str(sequence), sub or 0, arrival, bad)

@@ -46,7 +46,7 @@ class KclProperties(BaseModel):
     """AT_TIMESTAMP as whole epoch seconds (a fraction makes the daemon exit)."""
     kinesis_endpoint: str | None = Field(None, alias="kinesisEndpoint")
     dynamodb_endpoint: str | None = Field(None, alias="dynamoDBEndpoint")
-    credentials: str = Field(alias="AwsCredentialsProvider")
+    credentials: str = Field(alias="AwsCredentialsProvider", repr=False)
     """Provider for the Kinesis client (and the others unless they are set)."""
     credentials_dynamodb: str = Field(alias="AwsCredentialsProviderDynamoDB")
     credentials_cloudwatch: str = Field(alias="AwsCredentialsProviderCloudWatch")

@@ -4,9 +4,10 @@ PostgreSQL (``postgresql://…``) when consumers on several hosts share one stor
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Final
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit
 
 from thyme.errors import StoreConfigError
 from thyme.store.base import (
@@ -50,16 +51,23 @@ def store_url(explicit: str | None = None) -> str:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (safe for logs and errors)."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.rsplit("@", 1)[1]
-        user = parts.username or ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-    except ValueError:
-        return "<unparseable store URL>"
+    """``url`` with any password replaced by ``***`` (safe for logs and errors): everything between
+    ``user:`` and the URL's last ``@`` (so a password that was not percent-encoded is hidden
+    whole; an ``@`` later in the URL only hides more), and ``password``/``sslpassword`` query values."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    userinfo, at, after = rest.rpartition("@")
+    if at and ":" in userinfo:
+        rest = f"{userinfo.split(':', 1)[0]}:***@{after}"
+    return f"{scheme}://{_QUERY_SECRET.sub(_hide, rest)}"
+
+
+_QUERY_SECRET: Final = re.compile(r"(?i)([?&](?:ssl)?password=)[^&#]*")
+
+
+def _hide(match: re.Match[str]) -> str:
+    return f"{match[1]}***"
 
 
 def open_store(url: str | None = None) -> Store:
@@ -74,7 +82,24 @@ def open_store(url: str | None = None) -> Store:
     ``connect_timeout``, …). Needs ``pip install 'thyme-kinesis[postgres]'``.
     """
     url = store_url(url)
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise StoreConfigError(
+            "store URL",
+            f"not a valid URL ({exc})",
+            "Write postgresql://user:password@host:5432/dbname, with @ / ? # in the password "
+            "percent-encoded (%40 %2F %3F %23).",
+            value=redact_url(url),
+        ) from None
+    if parts.scheme in ("postgresql", "postgres") and url.count("@") > 1:
+        raise StoreConfigError(
+            "store URL",
+            "more than one @: the password (or user) has characters that must be percent-encoded",
+            "Write @ as %40, / as %2F, ? as %3F and # as %23.",
+            value=redact_url(url),
+        )
     if parts.scheme == "sqlite":
         if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
             raise StoreConfigError(

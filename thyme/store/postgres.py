@@ -32,6 +32,7 @@ the records as replays, so nothing is applied twice.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import time
 from collections.abc import Callable, Sequence
@@ -124,6 +125,13 @@ _DEAD_LETTER_TYPES: Final = ["text", "text", "text", "int4", "text", "int8", "te
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 T = TypeVar("T")
+
+
+def _text_safe(letter: DeadLetter) -> DeadLetter:
+    """PostgreSQL text cannot hold U+0000, which a Kinesis partition key may contain."""
+    if "\x00" not in letter.partition_key:
+        return letter
+    return dataclasses.replace(letter, partition_key=letter.partition_key.replace("\x00", "\ufffd"))
 
 
 def _now_us() -> int:
@@ -429,7 +437,7 @@ class PostgresStore:
                     with cur.copy(_DEAD_LETTER_COPY) as copy:
                         copy.set_types(_DEAD_LETTER_TYPES)
                         for d in batch.dead_letters:
-                            copy.write_row(dead_letter_values(dataset.name, d, now))
+                            copy.write_row(dead_letter_values(dataset.name, _text_safe(d), now))
                 state = batch.state
                 position = state.position
                 conn.execute(

@@ -1,0 +1,168 @@
+"""The bad-input corpus: records that must each become exactly one dead letter with a precise
+reason (or, for the few boundary cases marked accepted, exactly one row), never a failed batch.
+
+``manifest.json`` lists every case in order: its ``name``, the expected ``reason`` (``null``:
+accepted), ``why``, and where its bytes come from:
+
+* ``file``: the record's exact bytes, in ``cases/`` (kept as files: byte-level cases such as
+  invalid UTF-8 or a BOM must not pass through a text editor or a JSON encoder);
+* ``generate``: built by :data:`GENERATORS` (~1 MiB and deeply nested records);
+* ``base64``: not bytes at all but the text of the envelope's ``data`` field, which is not
+  valid base64. The daemon never sends that, so these cases only go over the multilang pipes.
+
+The cases target the ``Sample`` dataset of :data:`APP` (every field type, ``max_lateness="5m"``).
+Every record uses event time 2024-05-01T12:00:00Z (:data:`T0`), so a valid record is neither
+late nor early next to :func:`valid_record`, whatever the arrival time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final
+
+HERE: Final = Path(__file__).resolve().parent
+T0: Final = datetime(2024, 5, 1, 12, tzinfo=UTC)
+KINESIS_MAX_BYTES: Final = 1024 * 1024
+BIG: Final = KINESIS_MAX_BYTES - 256
+"""Size of the ~1 MiB cases: Kinesis' limit, less room for the partition key."""
+DEPTH: Final = 5000
+"""Nesting of the too-deep cases; the decoder's limit is Python's recursion limit (~1,000)."""
+
+APP: Final = """\
+from datetime import date, datetime
+
+from thyme import Field, dataset, field
+from thyme.connectors import KinesisSource, source
+
+
+@source(KinesisSource(stream_arn={arn!r}, init_position="trim_horizon"), max_lateness="5m")
+@dataset(index=True)
+class Sample:
+    user_id: Field[str] = field(key=True)
+    n: Field[int] = field()
+    amount: Field[float] = field()
+    paid: Field[bool] = field()
+    day: Field[date] = field()
+    coupon: Field[str | None] = field()
+    items: Field[list[str]] = field()
+    attrs: Field[dict[str, int]] = field()
+    seen: Field[list[datetime]] = field()
+    timestamp: Field[datetime] = field(timestamp=True)
+"""
+"""A user's module with the ``Sample`` dataset on the stream ``arn``."""
+
+
+def write_app(folder: Path, arn: str = "arn:aws:kinesis:us-east-1:123456789012:stream/badinput") -> Path:
+    """Write :data:`APP` for ``arn`` into ``folder``; returns the file (``<file>:Sample``)."""
+    path = folder / "badinput_app.py"
+    path.write_text(APP.format(arn=arn))
+    return path
+
+
+def document(user_id: str, **overrides: Any) -> dict[str, Any]:
+    """A valid ``Sample`` record as a dict, with ``overrides``."""
+    body: dict[str, Any] = {
+        "user_id": user_id,
+        "n": 1,
+        "amount": 9.5,
+        "paid": True,
+        "day": "2024-05-01",
+        "coupon": None,
+        "items": ["a", "b"],
+        "attrs": {"k": 1},
+        "seen": ["2024-05-01T12:00:00Z"],
+        "timestamp": "2024-05-01T12:00:00Z",
+    }
+    body.update(overrides)
+    return body
+
+
+def valid_record(n: int) -> bytes:
+    """The ``n``-th valid record (key ``v<n>``), ``n`` ms after :data:`T0`."""
+    at = (T0 + timedelta(milliseconds=n)).isoformat().replace("+00:00", "Z")
+    return json.dumps(document(f"v{n}", n=n, timestamp=at)).encode()
+
+
+def _padded(name: str, field: str, size: int) -> bytes:
+    """A valid record of exactly ``size`` bytes: ``field`` (a string) padded with ``x``."""
+    empty = json.dumps(document(name, **{field: ""})).encode()
+    return json.dumps(document(name, **{field: "x" * (size - len(empty))})).encode()
+
+
+def _big_key() -> bytes:
+    empty = json.dumps(document("")).encode()
+    return json.dumps(document("k" * (BIG - len(empty)))).encode()
+
+
+def _big_truncated() -> bytes:
+    start = b'{"user_id": "bad-big_truncated", "coupon": "'
+    return start + b"x" * (BIG - len(start))
+
+
+def _nested(user_id: str, depth: int, opening: bytes, closing: bytes, inner: bytes = b"") -> bytes:
+    head = json.dumps(document(user_id)).encode()[:-1]
+    return head + b', "deep": ' + opening * depth + inner + closing * depth + b"}"
+
+
+GENERATORS: Final[dict[str, Callable[[], bytes]]] = {
+    "big_truncated": _big_truncated,
+    "big_valid": lambda: _padded("ok-big_valid", "coupon", BIG),
+    "big_key": _big_key,
+    "deep_array_in_ignored_key": lambda: _nested("bad-deep_array", DEPTH, b"[", b"]"),
+    "deep_object_in_ignored_key": lambda: _nested("bad-deep_object", DEPTH, b'{"a": ', b"}", b"1"),
+    "deep_top_level": lambda: b"[" * DEPTH + b"]" * DEPTH,
+    "nested_50_ok": lambda: _nested("ok-nested_50_ok", 50, b"[", b"]"),
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad input and what must become of it."""
+
+    name: str
+    reason: str | None
+    """The dead letter's exact reason; None: accepted as a row (a boundary case)."""
+    why: str
+    raw: bytes | None
+    """The record's bytes; None for an envelope-level case (see ``base64``)."""
+    base64: str | None = None
+    """The envelope's ``data`` text for an invalid-base64 case (its dead letter keeps these bytes)."""
+
+    @property
+    def stored_bytes(self) -> bytes:
+        """The bytes its dead letter (or row) must keep."""
+        if self.raw is not None:
+            return self.raw
+        assert self.base64 is not None
+        return self.base64.encode()
+
+    @property
+    def accepted_key(self) -> str:
+        """The key under which an accepted case's row is found."""
+        assert self.raw is not None
+        key = json.loads(self.raw, parse_int=str)["user_id"]
+        assert isinstance(key, str)
+        return key
+
+
+def load_corpus() -> list[Case]:
+    """Every case of ``manifest.json``, in order."""
+    manifest = json.loads((HERE / "manifest.json").read_text(encoding="utf-8"))
+    cases: list[Case] = []
+    for entry in manifest["cases"]:
+        raw: bytes | None = None
+        if "file" in entry:
+            raw = (HERE / entry["file"]).read_bytes()
+        elif "generate" in entry:
+            raw = GENERATORS[entry["generate"]]()
+        cases.append(Case(entry["name"], entry["reason"], entry["why"], raw, entry.get("base64")))
+    return cases
+
+
+def record_cases() -> list[Case]:
+    """The cases that are record bytes (everything a producer can put on a stream)."""
+    return [c for c in load_corpus() if c.raw is not None]
