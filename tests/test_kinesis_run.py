@@ -242,3 +242,37 @@ def test_dead_letters_command_lists_escaped_payloads(
         == 0
     )
     assert len(capsys.readouterr().out.splitlines()) == 1
+
+
+def test_an_external_id_goes_with_the_role_and_is_never_printed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("READER_ROLE", ROLE)
+    monkeypatch.setenv("THYME_KINESIS_EXTERNAL_ID", "ext-7f3a/very-private")
+    source_ = KinesisSource(ARN, role_arn=Secret(env="READER_ROLE"))  # external id from the environment
+    connection = source_.resolve()
+    assert connection.external_id == "ext-7f3a/very-private"
+    props = build_properties(connection, dataset="ClickEvent", python="/usr/bin/python3", worker_id="host-1")
+    assert parse(props.render())["AwsCredentialsProvider"] == (
+        f"StsAssumeRoleCredentialsProvider|{ROLE}|thyme-ClickEvent-click-events|endpointRegion=eu-west-1|"
+        "externalId=ext-7f3a/very-private"
+    )
+    printed = props.render(redact_credentials=True)
+    for text in (printed, repr(props), repr(connection), repr(source_)):
+        assert "very-private" not in text
+    assert "|endpointRegion=eu-west-1|externalId=<redacted>" in printed
+
+
+def test_an_external_id_needs_a_role_and_a_valid_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("THYME_KINESIS_ROLE_ARN", raising=False)
+    with pytest.raises(SourceError) as info:
+        KinesisSource(ARN, external_id="abc123")
+    assert str(info.value) == (
+        "KinesisSource(external_id=...): an ExternalId is only sent when assuming a role (got <redacted>). "
+        "Set role_arn (the role whose trust policy requires this ExternalId), or remove external_id."
+    )
+    with pytest.raises(SourceError) as bad:
+        KinesisSource(ARN, role_arn=ROLE, external_id="has|pipe")
+    assert "has|pipe" not in str(bad.value)
+    assert str(bad.value).startswith("KinesisSource(external_id=...): not a valid ExternalId (got <redacted>).")
+    monkeypatch.setenv("EXT", "x")  # too short for STS: found when the secret is resolved
+    with pytest.raises(SourceError, match=r"external_id=Secret\(env='EXT'\)\): not a valid ExternalId"):
+        KinesisSource(ARN, role_arn=ROLE, external_id=Secret(env="EXT")).resolve()

@@ -382,7 +382,12 @@ def test_role_arn_is_assumed_for_kinesis_only(
     consumer = new_consumer(
         write_app(tmp_path, arn, "trim_horizon", role_env="E2E_ROLE"),
         application=application,
-        env={"E2E_ROLE": role, "THYME_DYNAMODB_ENDPOINT_URL": moto, "THYME_STS_ENDPOINT_URL": moto},
+        env={
+            "E2E_ROLE": role,
+            "THYME_KINESIS_EXTERNAL_ID": "e2e-external-id",  # the trust policy's sts:ExternalId
+            "THYME_DYNAMODB_ENDPOINT_URL": moto,
+            "THYME_STS_ENDPOINT_URL": moto,
+        },
     ).start()
     store = StoreView(consumer.store)
     store.wait_total(ledger.total, 180, consumer)
@@ -393,8 +398,10 @@ def test_role_arn_is_assumed_for_kinesis_only(
     with urllib.request.urlopen(f"{moto}/moto-api/data.json", timeout=30) as reply:
         assumed = json.load(reply)["sts"]["AssumedRole"]
     assert assumed, "nothing assumed a role"
-    assert {(a["role_arn"], a["session_name"], a["account_id"]) for a in assumed} == {
-        (role, application, "111122223333")
+    # (the launcher's lease bootstrap lists the shards and KCL reads them: both as the role, with
+    # the ExternalId the role's trust policy would check)
+    assert {(a["role_arn"], a["session_name"], a["account_id"], a["external_id"]) for a in assumed} == {
+        (role, application, "111122223333", "e2e-external-id")
     }
 
     # (b) The lease table is in the consumer's own account, not in the role's: moto keeps
@@ -413,6 +420,7 @@ def test_role_arn_is_assumed_for_kinesis_only(
         assert as_role == set()
 
     assert role not in consumer.log_text()
+    assert "e2e-external-id" not in consumer.log_text()
 
 
 # -- 6. one child killed: the daemon exits, the launcher restarts it ---------------------------

@@ -20,6 +20,9 @@ from thyme.errors import REDACTED, SourceError
 from thyme.secret import Secret
 
 ENV_ROLE_ARN: Final = "THYME_KINESIS_ROLE_ARN"
+ENV_EXTERNAL_ID: Final = "THYME_KINESIS_EXTERNAL_ID"
+_EXTERNAL_ID: Final = re.compile(r"[\w+=,.@:/-]{2,1224}")
+"""What STS accepts as an ExternalId (and nothing the properties file's ``|``/``^`` syntax uses)."""
 ENV_REGION: Final = "THYME_KINESIS_REGION"
 ENV_ENDPOINT_URL: Final = "THYME_KINESIS_ENDPOINT_URL"
 DEFAULT_REGION: Final = "us-east-1"
@@ -109,6 +112,8 @@ class KinesisConnection:
     format: str
     endpoint_url: str | None
     role_arn: str | None
+    external_id: str | None = None
+    """The ExternalId the role's trust policy requires, if any (resolved; never shown)."""
 
     def __repr__(self) -> str:
         role = "None" if self.role_arn is None else repr(REDACTED)
@@ -133,6 +138,8 @@ class KinesisSource:
         region: the AWS region. Default: ``THYME_KINESIS_REGION``, else the stream ARN's region.
         endpoint_url: a custom endpoint (LocalStack, a local stack). Default:
             ``THYME_KINESIS_ENDPOINT_URL``.
+        external_id: the ``sts:ExternalId`` the role's trust policy asks for (a string or a
+            :class:`~thyme.Secret`); only with ``role_arn``. Default: ``THYME_KINESIS_EXTERNAL_ID``.
     """
 
     streaming: Final = True
@@ -146,6 +153,7 @@ class KinesisSource:
         role_arn: str | Secret | None = None,
         region: str | None = None,
         endpoint_url: str | None = None,
+        external_id: str | Secret | None = None,
     ) -> None:
         match = _STREAM_ARN.fullmatch(stream_arn) if isinstance(stream_arn, str) else None
         if match is None:
@@ -177,6 +185,7 @@ class KinesisSource:
         self._region = self._pick_region(region)
         self._endpoint_url = self._pick_endpoint(endpoint_url)
         self._role_arn = self._pick_role(role_arn)
+        self._external_id = self._pick_external_id(external_id)
 
     # -- construction helpers -------------------------------------------------------------
 
@@ -237,6 +246,27 @@ class KinesisSource:
             value=type(role_arn).__name__,
         )
 
+    def _pick_external_id(self, external_id: str | Secret | None) -> str | Secret | None:
+        if external_id is None:
+            return Secret(env=ENV_EXTERNAL_ID) if os.environ.get(ENV_EXTERNAL_ID) else None
+        if not isinstance(external_id, str | Secret):
+            raise SourceError(
+                "KinesisSource(external_id=...)",
+                "must be a string or a Secret",
+                'Pass the ExternalId, or Secret(env="VARIABLE") naming where it is held.',
+                value=type(external_id).__name__,
+            )
+        if self._role_arn is None:
+            raise SourceError(
+                "KinesisSource(external_id=...)",
+                "an ExternalId is only sent when assuming a role",
+                "Set role_arn (the role whose trust policy requires this ExternalId), or remove external_id.",
+                value=REDACTED,
+            )
+        if isinstance(external_id, str):
+            _check_external_id(external_id, "KinesisSource(external_id=...)")
+        return external_id
+
     # -- public ---------------------------------------------------------------------------
 
     @property
@@ -278,6 +308,10 @@ class KinesisSource:
         if isinstance(role, Secret):
             role = role.resolve(environ)
             _check_role_arn(role, f"KinesisSource(role_arn={self._role_arn!r})", secret=True)
+        external_id = self._external_id
+        if isinstance(external_id, Secret):
+            external_id = external_id.resolve(environ)
+            _check_external_id(external_id, f"KinesisSource(external_id={self._external_id!r})")
         return KinesisConnection(
             stream_arn=self._stream_arn,
             stream_name=self._arn["name"],
@@ -288,6 +322,7 @@ class KinesisSource:
             format=self._format,
             endpoint_url=self._endpoint_url,
             role_arn=role,
+            external_id=external_id,
         )
 
     def __repr__(self) -> str:
@@ -308,6 +343,16 @@ def _explicit_or_env(value: object, parameter: str, env: str) -> tuple[str, obje
     if os.environ.get(env):
         return f"{env} (environment)", os.environ[env]
     return None
+
+
+def _check_external_id(value: str, where: str) -> None:
+    if not _EXTERNAL_ID.fullmatch(value):
+        raise SourceError(
+            where,
+            "not a valid ExternalId",
+            "Use 2 to 1224 characters among letters, digits and + = , . @ : / - _ (what STS accepts).",
+            value=REDACTED,
+        )
 
 
 def _check_role_arn(value: str, where: str, secret: bool = False) -> None:

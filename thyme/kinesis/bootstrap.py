@@ -37,6 +37,7 @@ def bootstrap_leases(
     properties: KclProperties,
     *,
     role_arn: str | None = None,
+    external_id: str | None = None,
     sts_endpoint_url: str | None = None,
     kinesis: Any = None,
     dynamodb: Any = None,
@@ -56,7 +57,7 @@ def bootstrap_leases(
             return False  # not a new application: KCL resumes from the table
         except dynamodb.exceptions.ResourceNotFoundException:
             pass
-        kinesis = kinesis or _kinesis_client(properties, role_arn, sts_endpoint_url)
+        kinesis = kinesis or _kinesis_client(properties, role_arn, external_id, sts_endpoint_url)
         shards = _list_shards(kinesis, properties.stream_name)
         if not shards or any(s.get("ParentShardId") or s.get("AdjacentParentShardId") for s in shards):
             log.info("resharded stream: KCL builds the lease table itself", extra={"fields": {"table": table}})
@@ -108,7 +109,9 @@ def bootstrap_leases(
     return True
 
 
-def _kinesis_client(properties: KclProperties, role_arn: str | None, sts_endpoint_url: str | None) -> Any:
+def _kinesis_client(
+    properties: KclProperties, role_arn: str | None, external_id: str | None, sts_endpoint_url: str | None
+) -> Any:
     import boto3
 
     region, endpoint = properties.region_name, properties.kinesis_endpoint
@@ -116,7 +119,8 @@ def _kinesis_client(properties: KclProperties, role_arn: str | None, sts_endpoin
         return boto3.client("kinesis", region_name=region, endpoint_url=endpoint)
     sts = boto3.client("sts", region_name=region, endpoint_url=sts_endpoint_url)
     session = re.sub(r"[^\w+=,.@-]", "-", properties.application_name)[:64]
-    found = sts.assume_role(RoleArn=role_arn, RoleSessionName=session)["Credentials"]
+    extra = {"ExternalId": external_id} if external_id else {}
+    found = sts.assume_role(RoleArn=role_arn, RoleSessionName=session, **extra)["Credentials"]
     return boto3.client(
         "kinesis",
         region_name=region,

@@ -329,6 +329,7 @@ def run(klass: type, options: RunOptions) -> int:
         bootstrap_leases(
             the_plan.properties,
             role_arn=None if the_plan.connection is None else the_plan.connection.role_arn,
+            external_id=None if the_plan.connection is None else the_plan.connection.external_id,
             sts_endpoint_url=the_plan.sts_endpoint_url,
         )
     supervisor = Supervisor(the_plan, options)

@@ -63,7 +63,7 @@ class KclProperties(BaseModel):
     worker_metrics_report_ms: int | None = Field(None, alias="workerMetricsReporterFreqInMillis", ge=1)
 
     def render(self, redact_credentials: bool = False) -> str:
-        """The file's text. ``redact_credentials`` hides assumed-role ARNs (for printing)."""
+        """The file's text. ``redact_credentials`` hides assumed-role ARNs and ExternalIds (for printing)."""
         lines = [
             "# KCL MultiLangDaemon properties, rendered by `thyme kinesis run` from a typed model.",
             "# Keys are case-sensitive; KCL ignores unknown keys.",
@@ -72,6 +72,7 @@ class KclProperties(BaseModel):
             text = str(value)
             if redact_credentials and name.startswith("AwsCredentialsProvider") and "|" in text:
                 provider, _arn, *rest = text.split("|")
+                rest = [f"externalId={REDACTED!r}" if part.startswith("externalId=") else part for part in rest]
                 text = "|".join([provider, repr(REDACTED), *rest])
             lines.append(f"{name} = {escape(text)}")
         return "\n".join(lines) + "\n"
@@ -149,6 +150,8 @@ def build_properties(
             session,
             f"endpointRegion={connection.region}",
         ]
+        if connection.external_id:
+            parts.append(f"externalId={connection.external_id}")
         if sts_endpoint_url:
             parts.append(f"endpoint={sts_endpoint_url}^{connection.region}")
         kinesis_credentials = "|".join(parts)
