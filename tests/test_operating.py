@@ -278,3 +278,41 @@ def test_dead_letters_list_and_redrive_against_the_fixed_dataset(
         capsys, "kinesis", "dead-letters", "list", f"{v2}:Clicks", "--store", url, "--include-redriven"
     )
     assert [d["redriven_at_us"] is not None for d in history] == [True, False, True]
+
+
+# -- the launcher's Prometheus endpoint ---------------------------------------------------------
+
+
+def test_prometheus_exporter_adds_up_batches_per_shard_and_serves_them() -> None:
+    import urllib.error
+    import urllib.request
+
+    from thyme.kinesis.prometheus import CONTENT_TYPE, PrometheusExporter
+
+    exporter = PrometheusExporter("Clicks")
+    exporter.daemon_started()
+    exporter.observe(batch_line("shardId-0", 100, 5000, {"late": 2}))
+    exporter.observe(batch_line("shardId-0", 50, 0))
+    exporter.observe(batch_line("shardId-1", 10, None, {'schema: "page"': 1}))
+    exporter.observe("not a batch line")
+    text = exporter.render()
+    assert 'thyme_records_received_total{dataset="Clicks",shard="shardId-0"} 150' in text
+    assert 'thyme_records_applied_total{dataset="Clicks",shard="shardId-0"} 148' in text
+    assert 'thyme_batches_total{dataset="Clicks",shard="shardId-0"} 2' in text
+    assert 'thyme_dead_letters_total{dataset="Clicks",shard="shardId-0",reason="late"} 2' in text
+    assert 'thyme_dead_letters_total{dataset="Clicks",shard="shardId-1",reason="schema: \\"page\\""} 1' in text
+    assert 'thyme_millis_behind_latest{dataset="Clicks",shard="shardId-0"} 0' in text
+    assert 'thyme_millis_behind_latest{dataset="Clicks",shard="shardId-1"}' not in text  # never reported
+    assert 'thyme_daemon_starts_total{dataset="Clicks"} 1' in text
+    for line in text.splitlines():  # the text format: comments, or `name{labels} number`
+        assert line.startswith("# ") or float(line.rsplit(" ", 1)[1]) >= 0
+    port = exporter.serve("127.0.0.1", 0)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            assert reply.headers["Content-Type"] == CONTENT_TYPE
+            assert reply.read().decode() == exporter.render()
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=10)
+        assert missing.value.code == 404
+    finally:
+        exporter.close()

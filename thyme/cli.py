@@ -66,6 +66,8 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
         metrics=getattr(args, "metrics", None),
         metrics_namespace=getattr(args, "metrics_namespace", None) or DEFAULT_NAMESPACE,
         progress=getattr(args, "progress", None),
+        prometheus_port=getattr(args, "prometheus_port", None),
+        prometheus_address=getattr(args, "prometheus_address", None) or "127.0.0.1",
         bootstrap_leases=getattr(args, "bootstrap_leases", True),
     )
 
@@ -278,6 +280,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="on a new application, create KCL's lease table and one lease per shard first, so the first "
         "records arrive in seconds instead of after KCL's random 1-30 s wait (default: on)",
+    )
+    run.add_argument(
+        "--prometheus-port",
+        type=int,
+        default=int(os.environ["THYME_PROMETHEUS_PORT"]) if os.environ.get("THYME_PROMETHEUS_PORT") else None,
+        help="serve per-shard counters for Prometheus at /metrics on this port ($THYME_PROMETHEUS_PORT; "
+        "the launcher adds up its children's batches)",
+    )
+    run.add_argument(
+        "--prometheus-address",
+        default=os.environ.get("THYME_PROMETHEUS_ADDRESS") or None,
+        help="address to serve it on ($THYME_PROMETHEUS_ADDRESS; default 127.0.0.1; 0.0.0.0 in a pod)",
     )
     run.add_argument(
         "--progress",

@@ -1,4 +1,5 @@
-"""``thyme kinesis run`` on a terminal keeps a progress line below the logs; off a terminal it does not."""
+"""``thyme kinesis run`` on a terminal keeps a progress line below the logs (off a terminal it does not),
+and serves its children's counters to Prometheus when asked."""
 
 from __future__ import annotations
 
@@ -6,14 +7,22 @@ import contextlib
 import os
 import pty
 import signal
+import socket
 import subprocess
 import threading
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import streams
 
 from tests.e2e.harness import THYME, events, now, produce, unique, wait_for, write_app
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def test_run_on_a_terminal_shows_records_rate_and_lag(kinesis: Any, aws: dict[str, str], tmp_path: Path) -> None:
@@ -23,7 +32,8 @@ def test_run_on_a_terminal_shows_records_rate_and_lag(kinesis: Any, aws: dict[st
     app = write_app(tmp_path, arn)
     primary, secondary = pty.openpty()
     command = [THYME, "kinesis", "run", f"{app}:Clicks", "--store", f"sqlite:///{tmp_path / 'thyme.db'}"]
-    command += ["--application-name", unique("e2e-progress-app")]
+    port = free_port()
+    command += ["--application-name", unique("e2e-progress-app"), "--prometheus-port", str(port)]
     process = subprocess.Popen(
         command, stdin=subprocess.DEVNULL, stdout=secondary, stderr=secondary, env={**os.environ, **aws}, cwd=tmp_path
     )
@@ -51,6 +61,11 @@ def test_run_on_a_terminal_shows_records_rate_and_lag(kinesis: Any, aws: dict[st
         assert '"message": "starting the KCL MultiLangDaemon"' in text
         assert '"message": "batch applied"' in text
         assert '{"_aws":' not in text  # metrics are off by default with the local profile
+        # the launcher's Prometheus endpoint adds up its children's batches
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            scraped = reply.read().decode()
+        assert 'thyme_records_applied_total{dataset="Clicks",shard="shardId-000000000000"} 50' in scraped
+        assert 'thyme_daemon_starts_total{dataset="Clicks"} 1' in scraped
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(90)

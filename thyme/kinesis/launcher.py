@@ -43,6 +43,7 @@ from thyme.dataset import dataset_schema
 from thyme.errors import ConfigError, LoadError, StoreUnavailableError, ThymeError
 from thyme.kinesis.bootstrap import bootstrap_leases
 from thyme.kinesis.progress import Progress
+from thyme.kinesis.prometheus import PrometheusExporter
 from thyme.kinesis.properties import KclProperties, Profile, build_properties
 from thyme.store import open_store, store_url
 
@@ -80,6 +81,9 @@ class RunOptions:
     metrics: Literal["emf", "off"] | None = None
     """Per-batch CloudWatch EMF lines from the children; None: ``emf`` with the aws profile, else off."""
     metrics_namespace: str = DEFAULT_NAMESPACE
+    prometheus_port: int | None = None
+    """Serve per-shard counters at ``/metrics`` on this port (0: any free port); None: no endpoint."""
+    prometheus_address: str = "127.0.0.1"
     progress: bool | None = None
     """A status line (records/s, lag) below the logs; None: only when stderr is a terminal."""
     max_fast_failures: int = 5
@@ -215,6 +219,7 @@ class Supervisor:
         self._tail: collections.deque[str] = collections.deque(maxlen=40)
         show = options.progress if options.progress is not None else _is_terminal(self.err)
         self.progress = Progress(self.err) if show else None
+        self.exporter = PrometheusExporter(plan.config.dataset.name) if options.prometheus_port is not None else None
 
     def stop(self, signum: int = signal.SIGTERM, frame: FrameType | None = None) -> None:
         """Ask the daemon to shut down gracefully (SIGTERM to the JVM only); twice: kill it."""
@@ -239,9 +244,18 @@ class Supervisor:
             env = {**os.environ, "THYME_PROCESSOR_CONFIG": str(config_file), "PYTHONUNBUFFERED": "1"}
             if self.progress is not None:
                 threading.Thread(target=self._tick, name="progress", daemon=True).start()
+            if self.exporter is not None:
+                assert self.options.prometheus_port is not None
+                port = self.exporter.serve(self.options.prometheus_address, self.options.prometheus_port)
+                log.info(
+                    "prometheus metrics",
+                    extra={"fields": {"url": f"http://{self.options.prometheus_address}:{port}/metrics"}},
+                )
             return self._loop(self.plan.command(properties_file), env)
         finally:
             self._stopping.set()
+            if self.exporter is not None:
+                self.exporter.close()
             if self.progress is not None:
                 self.progress.clear()
             shutil.rmtree(private, ignore_errors=True)
@@ -268,6 +282,8 @@ class Supervisor:
                     }
                 },
             )
+            if self.exporter is not None:
+                self.exporter.daemon_started()
             rc = self._run_once(command, env)
             if self._stopping.is_set():
                 log.info("daemon stopped", extra={"fields": {"exit_status": rc}})
@@ -307,6 +323,8 @@ class Supervisor:
         for raw in jvm.stdout:  # the daemon's logs, and its children's stderr it echoes
             line = raw.decode("utf-8", "replace")
             self._tail.append(line.rstrip("\n"))
+            if self.exporter is not None:
+                self.exporter.observe(line)
             if self.progress is not None:
                 self.progress.write(line)
             else:

@@ -20,23 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, TextIO
 
-import msgspec
+from thyme.kinesis.prometheus import parse_batch_line
 
-_MARK: Final = '"message": "batch applied"'
 _CLEAR: Final = "\r\x1b[K"
 WINDOW_S: Final = 10.0
 """Records/s is measured over this many recent seconds."""
-
-
-class _BatchLine(msgspec.Struct):
-    shard: str = "?"
-    received: int = 0
-    applied: int = 0
-    dead_letters: dict[str, int] = {}
-    millis_behind_latest: int | None = None
-
-
-_decode = msgspec.json.Decoder(_BatchLine).decode
 
 
 @dataclass
@@ -62,11 +50,8 @@ class Progress:
 
     def observe(self, line: str) -> None:
         """Count the batch if ``line`` is a child's ``batch applied`` log line."""
-        if _MARK not in line:
-            return
-        try:
-            batch = _decode(line)
-        except msgspec.DecodeError:
+        batch = parse_batch_line(line)
+        if batch is None:
             return
         now = self._clock()
         with self._lock:
