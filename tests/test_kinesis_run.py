@@ -14,7 +14,7 @@ from record_processor.config import ProcessorConfig
 from tests.factories import SourcedClick, schema_of
 from thyme import Secret
 from thyme.connectors import KinesisSource
-from thyme.errors import SourceError
+from thyme.errors import ConfigError, SourceError
 from thyme.kinesis.launcher import LaunchError, Plan, RunOptions, Supervisor, plan
 from thyme.kinesis.properties import KclProperties, build_properties, escape
 
@@ -25,6 +25,8 @@ ROLE = "arn:aws:iam::444455556666:role/stream-reader"
 # properties (reference/kcl-multilang.md §2). KCL ignores unknown keys silently.
 KCL_KEYS = {
     "executableName",
+    "timeoutInSeconds",
+    "skipShardSyncAtWorkerInitializationIfLeasesExist",
     "processingLanguage",
     "streamName",
     "applicationName",
@@ -84,6 +86,7 @@ def test_aws_profile_with_role_assumes_it_for_kinesis_only(monkeypatch: pytest.M
         "metricsLevel": "SUMMARY",
         "shutdownGraceMillis": "30000",
         "failoverTimeMillis": "10000",
+        "skipShardSyncAtWorkerInitializationIfLeasesExist": "true",
     }
     printed = props.render(redact_credentials=True)
     assert ROLE not in printed
@@ -181,6 +184,21 @@ def test_plan_checks_before_anything_starts(tmp_path: Path, monkeypatch: pytest.
     assert found.properties.stream_name == "clicks"
     assert found.config.lease_table == "thyme-SourcedClick-clicks"
     assert found.command(Path("/p"))[-4:] == ["--properties-file", "/p", "--log-configuration", str(found.logback)]
+    # a hung child is detected by default, after longer than a store outage is retried
+    assert "timeoutInSeconds = 300\n" in found.properties.render()
+    assert "skipShardSyncAtWorkerInitializationIfLeasesExist = true\n" in found.properties.render()
+    with pytest.raises(ConfigError) as info:
+        plan(SourcedClick, RunOptions(store_url=f"sqlite:///{tmp_path / 't.db'}", child_timeout_s=60))
+    assert str(info.value) == (
+        "--child-timeout-s: must be longer than the store retry bound (120 s, THYME_STORE_GIVE_UP_AFTER_S) plus a "
+        "batch, or a store outage would be taken for a hung processor (got 60). Use at least 130, lower "
+        "THYME_STORE_GIVE_UP_AFTER_S, or 0 to never time out."
+    )
+    monkeypatch.setenv("THYME_STORE_GIVE_UP_AFTER_S", "5")
+    quick = plan(SourcedClick, RunOptions(store_url=f"sqlite:///{tmp_path / 't.db'}", child_timeout_s=60))
+    assert quick.properties.child_timeout_s == 60
+    never = plan(SourcedClick, RunOptions(store_url=f"sqlite:///{tmp_path / 't.db'}", child_timeout_s=None))
+    assert "timeoutInSeconds" not in never.properties.render()
 
 
 def test_properties_command_redacts_the_role(

@@ -63,6 +63,7 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
         idle_time_between_reads_ms=args.idle_ms,
         shutdown_grace_ms=args.shutdown_grace_ms,
         failover_time_ms=args.failover_ms,
+        child_timeout_s=args.child_timeout_s or None,
         metrics=getattr(args, "metrics", None),
         metrics_namespace=getattr(args, "metrics_namespace", None) or DEFAULT_NAMESPACE,
         progress=getattr(args, "progress", None),
@@ -186,6 +187,13 @@ def _add_run_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--idle-ms", type=int, default=250, help="idleTimeBetweenReadsInMillis (>= 200)")
     command.add_argument("--shutdown-grace-ms", type=int, default=30_000, help="shutdownGraceMillis")
     command.add_argument("--failover-ms", type=int, default=10_000, help="failoverTimeMillis")
+    command.add_argument(
+        "--child-timeout-s",
+        type=int,
+        default=300,
+        help="timeoutInSeconds: restart the daemon when a shard's processor is silent this long "
+        "(default 300; 0: never; must exceed the store retry bound, $THYME_STORE_GIVE_UP_AFTER_S)",
+    )
 
 
 def _cmd_store_migrate(args: argparse.Namespace) -> int:

@@ -165,11 +165,13 @@ class Consumer:
     def close(self) -> None:
         if self.alive():
             assert self.process is not None
-            self.process.kill()
-            self.process.wait(30)
-            for pid in streams.descendants(self.process.pid):
+            # Read the tree first: once the launcher is dead, its JVM is re-parented to init and
+            # no longer found under it (it would be left running, with its children).
+            tree = [self.process.pid, *streams.descendants(self.process.pid)]
+            for pid in tree:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+            self.process.wait(30)
 
 
 class Ledger:

@@ -17,6 +17,7 @@ Java, the KCL jars, the store), each failure one clear line. Then:
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import logging
 import os
@@ -37,6 +38,7 @@ from typing import Final, Literal, TextIO
 
 from record_processor.config import ProcessorConfig
 from record_processor.metrics import DEFAULT_NAMESPACE
+from record_processor.processor import RetryPolicy
 from thyme.connectors.kinesis import KinesisConnection
 from thyme.connectors.source import source_spec
 from thyme.dataset import dataset_schema
@@ -56,6 +58,12 @@ ENV_JAVA_OPTS: Final = "THYME_JAVA_OPTS"
 ENV_DYNAMODB_ENDPOINT: Final = "THYME_DYNAMODB_ENDPOINT_URL"
 ENV_STS_ENDPOINT: Final = "THYME_STS_ENDPOINT_URL"
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
+_BATCH_APPLIED: Final = '"message": "batch applied"'
+"""A child's log line for a committed batch: the run made progress."""
+ENV_STORE_GIVE_UP: Final = "THYME_STORE_GIVE_UP_AFTER_S"
+DEFAULT_CHILD_TIMEOUT_S: Final = 300
+"""A hung child is detected after this long: well above the store retry bound (120 s) plus the
+slowest batch (about a second for 10,000 records)."""
 _ERROR_LINE: Final = re.compile(r"\bERROR\b|Exception|\berror\b")
 
 
@@ -76,6 +84,9 @@ class RunOptions:
     idle_time_between_reads_ms: int = 250
     shutdown_grace_ms: int = 30_000
     failover_time_ms: int = 10_000
+    child_timeout_s: int | None = DEFAULT_CHILD_TIMEOUT_S
+    """KCL ``timeoutInSeconds``: a child silent this long (a hung batch) makes the daemon halt,
+    and the launcher restarts it. Must exceed the store retry bound plus the slowest batch."""
     bootstrap_leases: bool = True
     """On a new application, create the lease table and leases before KCL (skips its 1-30 s random wait)."""
     metrics: Literal["emf", "off"] | None = None
@@ -170,6 +181,15 @@ def plan(klass: type, options: RunOptions, environ: Mapping[str, str] | None = N
             store.close()
     except StoreUnavailableError as exc:
         raise LaunchError(f"the store is not usable: {exc}") from exc
+    give_up_s = float(environ.get(ENV_STORE_GIVE_UP) or RetryPolicy().give_up_after_s)
+    if options.child_timeout_s is not None and options.child_timeout_s < give_up_s + 10:
+        raise ConfigError(
+            "--child-timeout-s",
+            f"must be longer than the store retry bound ({give_up_s:.0f} s, {ENV_STORE_GIVE_UP}) plus a "
+            "batch, or a store outage would be taken for a hung processor",
+            f"Use at least {give_up_s + 10:.0f}, lower {ENV_STORE_GIVE_UP}, or 0 to never time out.",
+            value=options.child_timeout_s,
+        )
     python = sys.executable
     properties = build_properties(
         connection,
@@ -183,6 +203,7 @@ def plan(klass: type, options: RunOptions, environ: Mapping[str, str] | None = N
         idle_time_between_reads_ms=options.idle_time_between_reads_ms,
         shutdown_grace_ms=options.shutdown_grace_ms,
         failover_time_ms=options.failover_time_ms,
+        child_timeout_s=options.child_timeout_s,
     )
     config = ProcessorConfig(
         dataset=schema,
@@ -217,6 +238,7 @@ class Supervisor:
         self._jvm: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._tail: collections.deque[str] = collections.deque(maxlen=40)
+        self._progressed = False
         show = options.progress if options.progress is not None else _is_terminal(self.err)
         self.progress = Progress(self.err) if show else None
         self.exporter = PrometheusExporter(plan.config.dataset.name) if options.prometheus_port is not None else None
@@ -289,7 +311,10 @@ class Supervisor:
                 log.info("daemon stopped", extra={"fields": {"exit_status": rc}})
                 return 0
             lived = time.monotonic() - started
-            fast_failures = fast_failures + 1 if lived < self.options.fast_failure_s else 1
+            # A run that applied batches is not a crash loop (a child killed by the OOM killer, a
+            # hung child halted by timeoutInSeconds): only runs without progress count.
+            fast = lived < self.options.fast_failure_s and not self._progressed
+            fast_failures = fast_failures + 1 if fast else 1
             if fast_failures >= self.options.max_fast_failures:
                 reason = "; ".join(line for line in self._tail if _ERROR_LINE.search(line))[-2000:]
                 raise LaunchError(
@@ -308,6 +333,7 @@ class Supervisor:
 
     def _run_once(self, command: list[str], env: dict[str, str]) -> int:
         self._tail.clear()
+        self._progressed = False
         jvm = subprocess.Popen(  # noqa: S603 - a fixed command: java, flags, our classpath
             command,
             env=env,
@@ -323,6 +349,8 @@ class Supervisor:
         for raw in jvm.stdout:  # the daemon's logs, and its children's stderr it echoes
             line = raw.decode("utf-8", "replace")
             self._tail.append(line.rstrip("\n"))
+            if not self._progressed and _BATCH_APPLIED in line:
+                self._progressed = True
             if self.exporter is not None:
                 self.exporter.observe(line)
             if self.progress is not None:
@@ -330,7 +358,13 @@ class Supervisor:
             else:
                 self.err.write(line)
                 self.err.flush()
-        return jvm.wait()
+        rc = jvm.wait()
+        # A halted (timeoutInSeconds) or killed daemon leaves its children behind; a hung one
+        # would keep its batch's store transaction (the SQLite write lock) forever. They are in
+        # the JVM's process group (its own session).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(jvm.pid, signal.SIGKILL)
+        return rc
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -61,6 +61,15 @@ class KclProperties(BaseModel):
     parent_shard_poll_interval_ms: int | None = Field(None, alias="parentShardPollIntervalMillis", ge=1)
     worker_metrics_capture_ms: int | None = Field(None, alias="inMemoryWorkerMetricsCaptureFrequencyMillis", ge=1)
     worker_metrics_report_ms: int | None = Field(None, alias="workerMetricsReporterFreqInMillis", ge=1)
+    skip_shard_sync_if_leases_exist: bool = Field(True, alias="skipShardSyncAtWorkerInitializationIfLeasesExist")
+    """True: KCL's ProcessTask does not call ListShards for every new batch's shard. When that call
+    fails (a timeout, throttling), KCL 3.x drops the already fetched batch and delivers the next
+    one (ShardConsumerSubscriber.onNext): records lost (seen once in the fault suite). Costs the
+    KPL de-aggregation hash-range filter after a reshard; new shards are still found by the
+    periodic shard sync and at each parent's end."""
+    child_timeout_s: int | None = Field(None, alias="timeoutInSeconds", ge=1)
+    """A child that sends nothing for this long (a hung batch) makes the daemon halt (exit 1),
+    so the launcher restarts it. Unset: wait forever. Must exceed the store retry bound."""
 
     def render(self, redact_credentials: bool = False) -> str:
         """The file's text. ``redact_credentials`` hides assumed-role ARNs and ExternalIds (for printing)."""
@@ -69,7 +78,7 @@ class KclProperties(BaseModel):
             "# Keys are case-sensitive; KCL ignores unknown keys.",
         ]
         for name, value in self.model_dump(by_alias=True, exclude_none=True).items():
-            text = str(value)
+            text = str(value).lower() if isinstance(value, bool) else str(value)
             if redact_credentials and name.startswith("AwsCredentialsProvider") and "|" in text:
                 provider, _arn, *rest = text.split("|")
                 rest = [f"externalId={REDACTED!r}" if part.startswith("externalId=") else part for part in rest]
@@ -119,6 +128,7 @@ def build_properties(
     idle_time_between_reads_ms: int = 250,
     shutdown_grace_ms: int = 30_000,
     failover_time_ms: int = 10_000,
+    child_timeout_s: int | None = None,
 ) -> KclProperties:
     """The properties for consuming ``connection``'s stream into ``dataset`` with the child
     ``<python> -m record_processor``.
@@ -174,6 +184,7 @@ def build_properties(
         metrics_level="NONE" if local else "SUMMARY",
         shutdown_grace_ms=shutdown_grace_ms,
         failover_time_ms=failover_time_ms,
+        child_timeout_s=child_timeout_s,
         # Measured (reference/kcl-behaviour.md): with KCL's defaults a new application takes
         # ~2 minutes to deliver a first record; these take it to ~10-20 s on a local stack.
         shard_sync_interval_ms=1 if local else None,
