@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -120,6 +121,8 @@ def _page(rng: random.Random, room: int) -> str:
     query = (
         "?utm_source=newsletter&utm_medium=email&utm_campaign=spring-sale-2024&ref=homepage-carousel-slot-3&lang=en-GB"
     )
+    if room > len(base) + len(query):  # large events: repeat the query string to fill them
+        query = query * (room // len(query) + 1)
     return base + query[: max(0, room - len(base))]
 
 
@@ -341,6 +344,8 @@ class Run:
     peak_rss_mib: float | None
     cpu_seconds: float | None
     """CPU time (user + system) the child spent during the timed part."""
+    started: float = 0.0
+    """``time.perf_counter()`` when the timed part began (to combine concurrent children)."""
 
     @property
     def rate(self) -> float:
@@ -384,7 +389,13 @@ def _send(stream: IO[bytes], line: bytes) -> None:
     stream.flush()
 
 
-def drive(command: list[str], workload: Workload, stderr_path: Path) -> Run:
+def drive(
+    command: list[str],
+    workload: Workload,
+    stderr_path: Path,
+    shard: str = SHARD,
+    barrier: threading.Barrier | None = None,
+) -> Run:
     """Run one child through ``initialize`` (untimed) and every batch (timed); close its stdin."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("THYME_")}
     env["PYTHONPATH"] = str(REPO)
@@ -396,13 +407,15 @@ def drive(command: list[str], workload: Workload, stderr_path: Path) -> Run:
         assert child.stdin is not None
         initialize = {
             "action": "initialize",
-            "shardId": SHARD,
+            "shardId": shard,
             "sequenceNumber": "TRIM_HORIZON",
             "subSequenceNumber": 0,
         }
         _send(child.stdin, json.dumps(initialize).encode() + b"\n")
         if _read_message(child, stderr_path) != {"action": "status", "responseFor": "initialize"}:
             raise BenchmarkError("no status for initialize")
+        if barrier is not None:  # concurrent children start their timed parts together
+            barrier.wait(timeout=120)
         cpu_before = _proc_cpu_seconds(child.pid)
         started = time.perf_counter()
         for line, expected in zip(workload.lines, workload.checkpoints, strict=True):
@@ -433,7 +446,7 @@ def drive(command: list[str], workload: Workload, stderr_path: Path) -> Run:
             child.kill()
             child.wait()
     cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
-    return Run(seconds, workload.records, None if peak_kib is None else peak_kib / 1024, cpu)
+    return Run(seconds, workload.records, None if peak_kib is None else peak_kib / 1024, cpu, started)
 
 
 def processor_command(store_url: str, profile: Path | None = None) -> list[str]:
