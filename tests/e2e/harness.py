@@ -12,7 +12,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,18 @@ class Clicks:
     page: Field[str] = field()
     timestamp: Field[datetime] = field(timestamp=True)
 """
+
+
+def json_lines(text: str) -> Iterator[dict[str, Any]]:
+    """The JSON log lines (the children's and the launcher's) in a consumer's log ``text``."""
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict):
+                yield entry
 
 
 def unique(prefix: str) -> str:

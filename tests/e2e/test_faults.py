@@ -27,7 +27,19 @@ import boto3
 import pytest
 import streams
 
-from tests.e2e.harness import Consumer, Ledger, StoreView, click, events, now, produce, unique, wait_for, write_app
+from tests.e2e.harness import (
+    Consumer,
+    Ledger,
+    StoreView,
+    click,
+    events,
+    json_lines,
+    now,
+    produce,
+    unique,
+    wait_for,
+    write_app,
+)
 from tests.e2e.reliability import Result, record, tally
 from tests.pg_server import PgServer
 
@@ -117,17 +129,6 @@ def fault_consumer(aws: dict[str, str], tmp_path: Path, consumers: list[Consumer
 
 
 # -- logs ------------------------------------------------------------------------------------------
-
-
-def json_lines(text: str) -> Iterator[dict[str, Any]]:
-    for line in text.splitlines():
-        if line.startswith("{"):
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(entry, dict):
-                yield entry
 
 
 def messages(consumer: Consumer, message: str, contains: str = "") -> list[dict[str, Any]]:

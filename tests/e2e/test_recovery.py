@@ -32,6 +32,7 @@ from tests.e2e.harness import (
     StoreView,
     click,
     events,
+    json_lines,
     now,
     produce,
     produce_slowly,
@@ -49,18 +50,6 @@ GRACEFUL_CHECKPOINT = "shutdown requested; checkpointing the last applied record
 def log_runs(consumer: Consumer) -> list[str]:
     """The consumer's log split per start (``Consumer.start`` writes a marker line each time)."""
     return consumer.log_text().split("\n===== start ")[1:]
-
-
-def json_lines(text: str) -> Iterator[dict[str, Any]]:
-    """The JSON log lines (the children's and the launcher's) in ``text``."""
-    for line in text.splitlines():
-        if line.startswith("{"):
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(entry, dict):
-                yield entry
 
 
 def messages(text: str, message: str) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from thyme.errors import LoadError
 from thyme.kinesis.launcher import ENV_DYNAMODB_ENDPOINT, RunOptions
 from thyme.kinesis.properties import default_application_name
 from thyme.store import open_store
+from thyme.store.base import total_by_reason
 
 
 @dataclass(frozen=True)
@@ -92,10 +93,6 @@ def status(
     finally:
         store.close()
     rows = []
-    reasons: dict[str, int] = {}
-    for counts in by_shard.values():
-        for reason, n in counts.items():
-            reasons[reason] = reasons.get(reason, 0) + n
     for shard in sorted(set(leases) | set(shards)):
         lease, stored = leases.get(shard, {}), shards.get(shard)
         checkpoint = lease.get("checkpoint")
@@ -117,7 +114,7 @@ def status(
                 last_batch_at=None if stored is None else _iso_us(stored.updated_at_us),
             )
         )
-    return rows, dict(sorted(reasons.items()))
+    return rows, total_by_reason(by_shard)
 
 
 def as_json(rows: list[ShardStatus], reasons: dict[str, int]) -> dict[str, Any]:

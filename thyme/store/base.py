@@ -134,6 +134,15 @@ def dead_letter_filter(
     return " AND ".join(where).format(*[mark] * len(args)), tuple(args)
 
 
+def total_by_reason(by_shard: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Per-shard dead-letter counts added up per reason (sorted by reason)."""
+    totals: dict[str, int] = {}
+    for reasons in by_shard.values():
+        for reason, n in reasons.items():
+            totals[reason] = totals.get(reason, 0) + n
+    return dict(sorted(totals.items()))
+
+
 Row = tuple[Key, int, str]
 """An accepted event ready to store: ``(key, event time in µs since the epoch UTC, row as JSON)``.
 A plain tuple: the record processor makes one per record on its hot path."""

@@ -58,6 +58,7 @@ from thyme.store.base import (
     ShardSummary,
     dead_letter_filter,
     dead_letter_values,
+    total_by_reason,
 )
 
 SCHEMA_VERSION: Final = 2
@@ -519,11 +520,7 @@ class PostgresStore:
         return self._run(work, what="reading dead letters")
 
     def dead_letter_counts(self, dataset: DatasetSchema) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for reasons in self.dead_letter_counts_by_shard(dataset).values():
-            for reason, n in reasons.items():
-                counts[reason] = counts.get(reason, 0) + n
-        return dict(sorted(counts.items()))
+        return total_by_reason(self.dead_letter_counts_by_shard(dataset))
 
     def dead_letter_counts_by_shard(self, dataset: DatasetSchema) -> dict[str, dict[str, int]]:
         def work(conn: Conn) -> dict[str, dict[str, int]]:

@@ -44,6 +44,7 @@ from thyme.store.base import (
     ShardSummary,
     dead_letter_filter,
     dead_letter_values,
+    total_by_reason,
 )
 
 DEFAULT_BUSY_TIMEOUT_MS: Final = 30_000
@@ -375,11 +376,7 @@ class SQLiteStore:
         return [DeadLetter(s, q, ss, pk, bytes(raw), r, a, t, i, rd) for s, q, ss, pk, raw, r, a, t, i, rd in rows]
 
     def dead_letter_counts(self, dataset: DatasetSchema) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for reasons in self.dead_letter_counts_by_shard(dataset).values():
-            for reason, n in reasons.items():
-                counts[reason] = counts.get(reason, 0) + n
-        return dict(sorted(counts.items()))
+        return total_by_reason(self.dead_letter_counts_by_shard(dataset))
 
     def dead_letter_counts_by_shard(self, dataset: DatasetSchema) -> dict[str, dict[str, int]]:
         rows = self._db.execute(
