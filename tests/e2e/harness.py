@@ -212,7 +212,8 @@ class StoreView:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def _query(self, sql: str) -> list[tuple[Any, ...]]:
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        """Rows of ``sql``; none while the file or the table does not exist yet."""
         if not self.path.exists():
             return []
         db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
@@ -227,18 +228,18 @@ class StoreView:
 
     def applied(self) -> Counter[int]:
         """How many times each ``n`` was applied."""
-        return Counter(int(n) for (n,) in self._query("SELECT json_extract(row, '$.n') FROM ds_Clicks_v1"))
+        return Counter(int(n) for (n,) in self.query("SELECT json_extract(row, '$.n') FROM ds_Clicks_v1"))
 
     def dead_letters(self) -> Counter[str]:
         return Counter(
-            {r: int(c) for r, c in self._query("SELECT reason, count(*) FROM thyme_dead_letters GROUP BY reason")}
+            {r: int(c) for r, c in self.query("SELECT reason, count(*) FROM thyme_dead_letters GROUP BY reason")}
         )
 
     def total(self) -> int:
         return sum(self.applied().values()) + sum(self.dead_letters().values())
 
     def shards(self) -> dict[str, dict[str, Any]]:
-        rows = self._query("SELECT shard, sequence, watermark_us, ended, applied, dead_lettered FROM thyme_shards")
+        rows = self.query("SELECT shard, sequence, watermark_us, ended, applied, dead_lettered FROM thyme_shards")
         return {
             s: {"sequence": q, "watermark_us": w, "ended": bool(e), "applied": a, "dead": d}
             for s, q, w, e, a, d in rows

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import streams
 
 from tests.badinput import Case, record_cases, valid_record, write_app
-from tests.e2e.harness import Consumer, unique, wait_for
+from tests.e2e.harness import Consumer, StoreView, unique, wait_for
 
 MAX_REQUEST_BYTES = 3 * 1024 * 1024
 """PutRecords takes at most 5 MiB per call: the ~1 MiB cases go a few at a time."""
@@ -43,21 +42,6 @@ def put_in_order(client: Any, stream: str, payloads: list[tuple[str, bytes]]) ->
         chunk.append(payload)
     sequences += streams.put_payloads(client, stream, chunk)
     return sequences
-
-
-def query(path: Path, sql: str) -> list[tuple[Any, ...]]:
-    """Read the consumer's SQLite store without writing to it (empty until the tables exist)."""
-    if not path.exists():
-        return []
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-    try:
-        return db.execute(sql).fetchall()
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return []
-        raise
-    finally:
-        db.close()
 
 
 def test_every_bad_record_is_one_dead_letter_and_every_valid_one_a_row(
@@ -108,13 +92,13 @@ def test_every_bad_record_is_one_dead_letter_and_every_valid_one_a_row(
     def landed() -> bool:
         if not consumer.alive():
             raise AssertionError(f"the consumer exited:\n{consumer.log_text()[-4000:]}")
-        rows = query(store, "SELECT count(*) FROM ds_Sample_v1")
-        letters = query(store, "SELECT count(*) FROM thyme_dead_letters")
+        rows = StoreView(store).query("SELECT count(*) FROM ds_Sample_v1")
+        letters = StoreView(store).query("SELECT count(*) FROM thyme_dead_letters")
         return bool(rows and letters) and rows[0][0] + letters[0][0] >= total
 
     wait_for(landed, 180, f"{total} records in the store", interval=0.5)
 
-    letters = query(store, "SELECT sequence, reason, raw, partition_key FROM thyme_dead_letters")
+    letters = StoreView(store).query("SELECT sequence, reason, raw, partition_key FROM thyme_dead_letters")
     found = {sequence: (reason, bytes(raw), key) for sequence, reason, raw, key in letters}
     assert len(letters) == len(found) == len(expected_letters)  # each exactly once
     wrong: dict[str, tuple[str | None, str | None]] = {}
@@ -126,7 +110,7 @@ def test_every_bad_record_is_one_dead_letter_and_every_valid_one_a_row(
             wrong[kind.name] = (None if got is None else got[0], want[0])
     assert wrong == {}, "case: (found, expected)"
 
-    rows = query(store, "SELECT json_extract(row, '$.user_id'), json_extract(row, '$.n') FROM ds_Sample_v1")
+    rows = StoreView(store).query("SELECT json_extract(row, '$.user_id'), json_extract(row, '$.n') FROM ds_Sample_v1")
     keys = Counter(str(key) for key, _ in rows)
     assert keys == Counter([f"v{n}" for n in valid] + [case.accepted_key for case in accepted])
     assert all(n == int(key[1:]) for key, n in rows if str(key).startswith("v"))
