@@ -36,9 +36,8 @@ EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US: Final = timedelta(microseconds=1)
 _PATH: Final = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 _MISSING_FIELD: Final = re.compile(r"Object missing required field `(?P<name>[^`]+)`")
-_ESCAPED_KEY: Final = re.compile(rb'\\.(?:[^"\\]|\\.)*"\s*:', re.S)
-"""Matches from an escape sequence inside a key to the key's end: a key that may be spelt with
-escapes (``"user\\u005fid"``), whose bytes then differ from the field name's."""
+_MAX_KEY_COUNTS: Final = 32
+"""Past this many dict keys, a record is checked for repeated keys by one linear parse."""
 MAX_KEY_BYTES: Final = 2048
 """Longest key (UTF-8 bytes) accepted: PostgreSQL's btree refuses index entries over ~2.7 kB."""
 _MAX_KEY_CHARS_UNCHECKED: Final = MAX_KEY_BYTES // 4
@@ -294,16 +293,18 @@ class RecordDecoder:
         that quoted name occur at least twice. (Occurring twice, as a value or a nested key,
         does not mean it repeats: :meth:`_repeated_key` decides.)
         """
-        if _BACKSLASH in raw and _ESCAPED_KEY.search(raw):
-            return True
+        if _BACKSLASH in raw:
+            return True  # an escaped key could spell a field's name: let the linear parse decide
         count = raw.count
         for quoted in self._quoted:
             if count(quoted) > 1:
                 return True
+        checks = 0
         for name, keys in self._dict_keys:
             for key in keys(getattr(record, name)):
-                if count(b'"' + key.encode() + b'"') > 1:
-                    return True
+                checks += 1
+                if checks > _MAX_KEY_COUNTS or count(b'"' + key.encode() + b'"') > 1:
+                    return True  # many keys: one count each would be quadratic; parse once instead
         return False
 
     def _repeated_key(self, raw: bytes) -> str | None:

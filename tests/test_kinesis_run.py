@@ -190,13 +190,17 @@ def test_plan_checks_before_anything_starts(tmp_path: Path, monkeypatch: pytest.
     with pytest.raises(ConfigError) as info:
         plan(SourcedClick, RunOptions(store_url=f"sqlite:///{tmp_path / 't.db'}", child_timeout_s=60))
     assert str(info.value) == (
-        "--child-timeout-s: must be longer than the store retry bound (120 s, THYME_STORE_GIVE_UP_AFTER_S) plus a "
-        "batch, or a store outage would be taken for a hung processor (got 60). Use at least 130, lower "
+        "--child-timeout-s: must be at least the store retry bound (120 s, THYME_STORE_GIVE_UP_AFTER_S) plus 75 s, "
+        "or a store outage would be taken for a hung processor (got 60). Use at least 195, lower "
         "THYME_STORE_GIVE_UP_AFTER_S, or 0 to never time out."
     )
     monkeypatch.setenv("THYME_STORE_GIVE_UP_AFTER_S", "5")
-    quick = plan(SourcedClick, RunOptions(store_url=f"sqlite:///{tmp_path / 't.db'}", child_timeout_s=60))
-    assert quick.properties.child_timeout_s == 60
+    quick = plan(SourcedClick, RunOptions(store_url=f"sqlite:///{tmp_path / 't.db'}", child_timeout_s=80))
+    assert quick.properties.child_timeout_s == 80
+    monkeypatch.setenv("THYME_STORE_GIVE_UP_AFTER_S", "two minutes")
+    with pytest.raises(ConfigError, match="THYME_STORE_GIVE_UP_AFTER_S: not a number of seconds"):
+        plan(SourcedClick, RunOptions(store_url=f"sqlite:///{tmp_path / 't.db'}"))
+    monkeypatch.delenv("THYME_STORE_GIVE_UP_AFTER_S")
     never = plan(SourcedClick, RunOptions(store_url=f"sqlite:///{tmp_path / 't.db'}", child_timeout_s=None))
     assert "timeoutInSeconds" not in never.properties.render()
 
@@ -287,10 +291,11 @@ def test_an_external_id_needs_a_role_and_a_valid_value(monkeypatch: pytest.Monke
         "KinesisSource(external_id=...): an ExternalId is only sent when assuming a role (got <redacted>). "
         "Set role_arn (the role whose trust policy requires this ExternalId), or remove external_id."
     )
-    with pytest.raises(SourceError) as bad:
-        KinesisSource(ARN, role_arn=ROLE, external_id="has|pipe")
-    assert "has|pipe" not in str(bad.value)
-    assert str(bad.value).startswith("KinesisSource(external_id=...): not a valid ExternalId (got <redacted>).")
+    for value in ("has|pipe", "a=b", "a,b", "日本語"):  # = and , would be cut or logged by KCL's parser
+        with pytest.raises(SourceError) as bad:
+            KinesisSource(ARN, role_arn=ROLE, external_id=value)
+        assert value not in str(bad.value)
+        assert str(bad.value).startswith("KinesisSource(external_id=...): not a valid ExternalId (got <redacted>).")
     monkeypatch.setenv("EXT", "x")  # too short for STS: found when the secret is resolved
     with pytest.raises(SourceError, match=r"external_id=Secret\(env='EXT'\)\): not a valid ExternalId"):
         KinesisSource(ARN, role_arn=ROLE, external_id=Secret(env="EXT")).resolve()

@@ -319,3 +319,11 @@ def test_sqlite_file_from_before_the_operating_columns_is_upgraded_on_open(tmp_p
         assert store.shards(SCHEMA)[0].millis_behind_latest == 7
     finally:
         store.close()
+
+
+def test_a_password_with_unencoded_url_characters_is_not_quoted_in_the_error() -> None:
+    for url in ("postgresql://thyme:s3cr3tPW/x@db:5432/app", "postgresql://thyme:s3cr3tPW#x@db/app"):
+        with pytest.raises(StoreConfigError) as info:
+            open_store(url)
+        assert "s3cr3tPW" not in str(info.value)
+        assert str(info.value).startswith("store URL: not a valid URL (an unclosed [ or a port that is not a number")

@@ -330,7 +330,7 @@ def test_child_memory_with_10000_record_and_1mib_record_batches(
 
 # -- 4. a hung child -------------------------------------------------------------------------------------
 
-CHILD_TIMEOUT_S = 15
+CHILD_TIMEOUT_S = 80  # the least the launcher accepts with a 5 s store retry bound (5 + 75)
 """``timeoutInSeconds`` for this test: above the child's store retry bound (5 s here)."""
 
 

@@ -21,8 +21,9 @@ from thyme.secret import Secret
 
 ENV_ROLE_ARN: Final = "THYME_KINESIS_ROLE_ARN"
 ENV_EXTERNAL_ID: Final = "THYME_KINESIS_EXTERNAL_ID"
-_EXTERNAL_ID: Final = re.compile(r"[\w+=,.@:/-]{2,1224}")
-"""What STS accepts as an ExternalId (and nothing the properties file's ``|``/``^`` syntax uses)."""
+_EXTERNAL_ID: Final = re.compile(r"[A-Za-z0-9_+.@:/-]{2,1224}")
+"""What STS accepts as an ExternalId, less ``=`` and ``,``: KCL's properties syntax splits on them
+(``externalId=a=b`` is dropped with a WARN that prints it; a comma starts another provider)."""
 ENV_REGION: Final = "THYME_KINESIS_REGION"
 ENV_ENDPOINT_URL: Final = "THYME_KINESIS_ENDPOINT_URL"
 DEFAULT_REGION: Final = "us-east-1"
@@ -350,7 +351,8 @@ def _check_external_id(value: str, where: str) -> None:
         raise SourceError(
             where,
             "not a valid ExternalId",
-            "Use 2 to 1224 characters among letters, digits and + = , . @ : / - _ (what STS accepts).",
+            "Use 2 to 1224 characters among A-Z a-z 0-9 and + . @ : / - _ (STS also allows = and , but KCL's "
+            "properties file cannot carry them).",
             value=REDACTED,
         )
 

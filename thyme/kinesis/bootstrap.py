@@ -48,6 +48,7 @@ def bootstrap_leases(
     import botocore.exceptions
 
     table = properties.table_name
+    created = False
     try:
         dynamodb = dynamodb or boto3.client(
             "dynamodb", region_name=properties.region_name, endpoint_url=properties.dynamodb_endpoint
@@ -73,6 +74,7 @@ def bootstrap_leases(
             )
         except dynamodb.exceptions.ResourceInUseException:
             return False  # another host (or KCL) is creating it
+        created = True
         _wait_active(dynamodb, table)
         checkpoint = (
             "AT_TIMESTAMP" if properties.initial_position_timestamp is not None else properties.initial_position
@@ -97,9 +99,13 @@ def bootstrap_leases(
             except dynamodb.exceptions.ConditionalCheckFailedException:
                 continue
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, TimeoutError) as exc:
+        # The error's code only: AWS messages name the role (a secret) and the assumed session.
+        code = exc.response.get("Error", {}).get("Code") if isinstance(exc, botocore.exceptions.ClientError) else None
+        if created:
+            _drop_partial(dynamodb, table)
         log.warning(
             "could not prepare the lease table; KCL will create it (first records may take up to ~40 s)",
-            extra={"fields": {"table": table, "error": str(exc)}},
+            extra={"fields": {"table": table, "error": code or type(exc).__name__}},
         )
         return False
     log.info(
@@ -107,6 +113,21 @@ def bootstrap_leases(
         extra={"fields": {"table": table, "shards": len(shards), "initial_position": checkpoint}},
     )
     return True
+
+
+def _drop_partial(dynamodb: Any, table: str) -> None:
+    """Delete the table this run created but could not fill: a table with only some of the leases
+    would make KCL skip its initial shard sync (``skipShardSyncAtWorkerInitializationIfLeasesExist``)
+    and leave the missing shards to the periodic sync. Without it, KCL starts from scratch."""
+    import botocore.exceptions
+
+    try:
+        dynamodb.delete_table(TableName=table)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        log.error(
+            "could not remove a half-prepared lease table; delete it before the next start",
+            extra={"fields": {"table": table, "error": type(exc).__name__}},
+        )
 
 
 def _kinesis_client(

@@ -62,6 +62,7 @@ _BATCH_APPLIED: Final = '"message": "batch applied"'
 """A child's log line for a committed batch: the run made progress."""
 ENV_STORE_GIVE_UP: Final = "THYME_STORE_GIVE_UP_AFTER_S"
 DEFAULT_CHILD_TIMEOUT_S: Final = 300
+CHILD_TIMEOUT_MARGIN_S: Final = 75
 """A hung child is detected after this long: well above the store retry bound (120 s) plus the
 slowest batch (about a second for 10,000 records)."""
 _ERROR_LINE: Final = re.compile(r"\bERROR\b|Exception|\berror\b")
@@ -165,12 +166,38 @@ def _logback() -> Path:
     return path
 
 
+def _check_child_timeout(child_timeout_s: int | None, environ: Mapping[str, str]) -> None:
+    """A child retrying an unavailable store is silent for up to the retry bound plus one more
+    attempt (SQLite: a 5 s backoff and a 30 s busy timeout; PostgreSQL: two 10 s connects, or up to
+    a minute of keepalives on a dead connection); a shorter ``timeoutInSeconds`` would halt the
+    whole daemon for what one child handles by exiting."""
+    if child_timeout_s is None:
+        return
+    given = environ.get(ENV_STORE_GIVE_UP)
+    try:
+        give_up_s = float(given) if given else RetryPolicy().give_up_after_s
+    except ValueError:
+        raise ConfigError(
+            ENV_STORE_GIVE_UP, "not a number of seconds", "Set it to e.g. 120, or unset it.", value=given
+        ) from None
+    least = give_up_s + CHILD_TIMEOUT_MARGIN_S
+    if child_timeout_s < least:
+        raise ConfigError(
+            "--child-timeout-s",
+            f"must be at least the store retry bound ({give_up_s:.0f} s, {ENV_STORE_GIVE_UP}) plus "
+            f"{CHILD_TIMEOUT_MARGIN_S} s, or a store outage would be taken for a hung processor",
+            f"Use at least {least:.0f}, lower {ENV_STORE_GIVE_UP}, or 0 to never time out.",
+            value=child_timeout_s,
+        )
+
+
 def plan(klass: type, options: RunOptions, environ: Mapping[str, str] | None = None) -> Plan:
     """Check everything and decide the daemon's settings; no AWS call is made."""
     environ = os.environ if environ is None else environ
     schema, spec = dataset_schema(klass), source_spec(klass)
     if schema is None or spec is None:
         raise LoadError(f"{getattr(klass, '__name__', klass)} is not a @source(KinesisSource(...)) @dataset class")
+    _check_child_timeout(options.child_timeout_s, environ)
     connection = spec.connector.resolve(environ)  # resolves the role secret: fails here if unset
     url = store_url(options.store_url)
     try:
@@ -181,15 +208,6 @@ def plan(klass: type, options: RunOptions, environ: Mapping[str, str] | None = N
             store.close()
     except StoreUnavailableError as exc:
         raise LaunchError(f"the store is not usable: {exc}") from exc
-    give_up_s = float(environ.get(ENV_STORE_GIVE_UP) or RetryPolicy().give_up_after_s)
-    if options.child_timeout_s is not None and options.child_timeout_s < give_up_s + 10:
-        raise ConfigError(
-            "--child-timeout-s",
-            f"must be longer than the store retry bound ({give_up_s:.0f} s, {ENV_STORE_GIVE_UP}) plus a "
-            "batch, or a store outage would be taken for a hung processor",
-            f"Use at least {give_up_s + 10:.0f}, lower {ENV_STORE_GIVE_UP}, or 0 to never time out.",
-            value=options.child_timeout_s,
-        )
     python = sys.executable
     properties = build_properties(
         connection,
@@ -358,13 +376,15 @@ class Supervisor:
             else:
                 self.err.write(line)
                 self.err.flush()
-        rc = jvm.wait()
         # A halted (timeoutInSeconds) or killed daemon leaves its children behind; a hung one
         # would keep its batch's store transaction (the SQLite write lock) forever. They are in
-        # the JVM's process group (its own session).
+        # the JVM's process group (its own session). Wait for the JVM's exit without reaping it
+        # first: until it is reaped, its PID (the group's id) cannot be reused by anyone else.
+        with contextlib.suppress(ChildProcessError):
+            os.waitid(os.P_PID, jvm.pid, os.WEXITED | os.WNOWAIT)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(jvm.pid, signal.SIGKILL)
-        return rc
+        return jvm.wait()
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -39,7 +39,9 @@ class Progress:
     def __init__(self, out: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
         self.out = out
         self._clock = clock
-        self._lock = threading.Lock()
+        # Re-entrant: the launcher's SIGTERM/SIGINT handler logs through this object on the main
+        # thread, possibly while that thread is inside write() holding the lock.
+        self._lock = threading.RLock()
         self._shards: dict[str, _Shard] = {}
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
         self.received = 0

@@ -85,10 +85,10 @@ def open_store(url: str | None = None) -> Store:
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError as exc:
-        raise StoreConfigError(
+    except ValueError:
+        raise StoreConfigError(  # not urlsplit's message: it quotes the "port", which may be the password
             "store URL",
-            f"not a valid URL ({exc})",
+            "not a valid URL (an unclosed [ or a port that is not a number, e.g. an unencoded / ? # in the password)",
             "Write postgresql://user:password@host:5432/dbname, with @ / ? # in the password "
             "percent-encoded (%40 %2F %3F %23).",
             value=redact_url(url),
