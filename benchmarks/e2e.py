@@ -38,28 +38,18 @@ from typing import Any, Final
 
 BENCH: Final = Path(__file__).resolve().parent
 REPO: Final = BENCH.parent
-for entry in (str(REPO), str(REPO / "scripts")):
+for entry in (str(REPO), str(REPO / "scripts"), str(BENCH)):
     if entry not in sys.path:
         sys.path.insert(0, entry)
 
 import local_aws  # noqa: E402
 import streams  # noqa: E402
+from processor import log, pct  # noqa: E402
 
 THYME: Final = str(Path(sys.executable).with_name("thyme"))
 IDLE_MS: Final = 200
 PRE_RECORDS: Final = 5
 RATE: Final = 20.0
-
-
-def log(text: str) -> None:
-    print(text, flush=True)
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
 
 
 def summary(values: list[float]) -> dict[str, float]:

@@ -56,6 +56,20 @@ WRONG_TYPE: Final = 0.001
 RECENT_KEYS: Final = 50_000
 """Repeated keys are drawn from this many most recent keys."""
 
+
+def log(text: str) -> None:
+    """A progress line of the benchmarks (stdout, flushed)."""
+    print(text, flush=True)
+
+
+def pct(values: list[float], q: float) -> float:
+    """The ``q``-quantile (0..1) of ``values``, nearest-rank."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
+
+
 FLOOR_CHILD: Final = '''\
 """The floor: the multilang pipe protocol with nothing behind it (no decoding, no store)."""
 import json

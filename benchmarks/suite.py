@@ -53,24 +53,13 @@ from processor import (  # noqa: E402
     Workload,
     drive,
     generate,
+    log,
+    pct,
     processor_command,
 )
 
 SECTIONS: Final = ("throughput", "lookup", "memory", "scaling", "e2e")
 FIVE_M: Final = 5_000_000
-
-
-def log(text: str) -> None:
-    print(text, flush=True)
-
-
-def pct(values: list[float], q: float) -> float:
-    """The ``q``-quantile (0..1) of ``values``, nearest-rank."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))
-    return ordered[index]
 
 
 def median(values: list[float]) -> float:
