@@ -54,6 +54,17 @@ def json_lines(text: str) -> Iterator[dict[str, Any]]:
                 yield entry
 
 
+def wait_active(client: Any, stream: str) -> None:
+    """Until the stream is ACTIVE again (after a create, split or merge)."""
+    wait_for(
+        lambda: (
+            client.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE"
+        ),
+        60,
+        f"stream {stream} to be ACTIVE",
+    )
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 

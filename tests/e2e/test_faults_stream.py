@@ -21,7 +21,19 @@ import pytest
 import streams
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tests.e2e.harness import Consumer, Ledger, StoreView, click, events, now, produce, unique, wait_for, write_app
+from tests.e2e.harness import (
+    Consumer,
+    Ledger,
+    StoreView,
+    click,
+    events,
+    now,
+    produce,
+    unique,
+    wait_active,
+    wait_for,
+    write_app,
+)
 from tests.e2e.test_faults import (
     RESTARTING,
     MakeConsumer,
@@ -36,16 +48,6 @@ from tests.e2e.test_faults import (
 @pytest.fixture
 def fault_consumer(aws: dict[str, str], tmp_path: Path, consumers: list[Consumer]) -> MakeConsumer:
     return consumer_factory(aws, tmp_path, consumers)
-
-
-def wait_active(client: Any, stream: str) -> None:
-    wait_for(
-        lambda: (
-            client.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE"
-        ),
-        60,
-        f"stream {stream} to be ACTIVE",
-    )
 
 
 # -- 1. the Kinesis endpoint down for a while --------------------------------------------------------

@@ -37,6 +37,7 @@ from tests.e2e.harness import (
     produce,
     produce_slowly,
     unique,
+    wait_active,
     wait_for,
     write_app,
 )
@@ -70,16 +71,6 @@ def replayed(text: str) -> int:
 def hash_key(partition_key: str) -> int:
     """Kinesis maps a partition key to the shard whose range holds MD5(key) as a 128-bit integer."""
     return int(hashlib.md5(partition_key.encode()).hexdigest(), 16)
-
-
-def wait_active(client: Any, stream: str) -> None:
-    wait_for(
-        lambda: (
-            client.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE"
-        ),
-        60,
-        f"stream {stream} to be ACTIVE",
-    )
 
 
 def processor_pids(config_file: str) -> list[int]:
