@@ -9,15 +9,15 @@ same pragmas as the Thyme store (WAL, ``synchronous=FULL``, 32 MiB cache), into
 
 * ``plain`` (the default): a table of its own, ``peer_clicks (rid, user_id, ts, row)`` indexed
   on ``(user_id, ts)`` for lookups, as a user would write it, holding the same prefilled rows;
-* ``tiers``: Thyme's own tables (the rows table and its small recent index tier, never
-  merged), which isolates the per-record decoding path.
+* ``runs``: Thyme's own tables (the rows table, and each batch's index entries as one new
+  sorted run, never merged), which isolates the per-record decoding path.
 
 It does not store dead letters or the shard offset: every simplification is in the peer's favour.
 
 The process speaks the multilang protocol like the floor child: read a line, build the
 Lambda-shaped event from it, run the batch processor, write, checkpoint the last record, reply.
 
-    python benchmarks/peer_child.py sqlite:///path/to/store.db [plain|tiers]
+    python benchmarks/peer_child.py sqlite:///path/to/store.db [plain|runs]
 """
 
 from __future__ import annotations
@@ -115,10 +115,12 @@ class Peer:
         db.executemany(
             f'INSERT INTO "{TABLE}" (rid, row) VALUES (?, ?)', [(base + i, r[2]) for i, r in enumerate(self.rows)]
         )
+        run = db.execute(f'SELECT coalesce(max(run), 0) + 1 FROM "{TABLE}_runs"').fetchone()[0]
         db.executemany(
-            f'INSERT INTO "{TABLE}_recent" (key, ts, rid) VALUES (?, ?, ?)',
-            [(r[0], r[1], base + i) for i, r in enumerate(self.rows)],
+            f'INSERT INTO "{TABLE}_idx" (run, key, ts, rid) VALUES ({run}, ?, ?, ?)',
+            sorted((r[0], r[1], base + i) for i, r in enumerate(self.rows)),
         )
+        db.execute(f'INSERT INTO "{TABLE}_runs" (run, size_class, entries) VALUES (?, 0, ?)', (run, len(self.rows)))
         db.execute("COMMIT")
 
 

@@ -1,6 +1,6 @@
 """Prefilled stores for the benchmarks, cached on disk so that re-runs do not prefill again.
 
-* SQLite: ``<cache>/sqlite-<rows>.db`` is filled once through the store's own ``apply`` (as
+* SQLite: ``<cache>/sqlite-runs-<rows>.db`` is filled once through the store's own ``apply`` (as
   months of ingestion would leave it) and never written again; each benchmark invocation
   works on one copy of it.
 * PostgreSQL: a cluster in ``<cache>/pg`` (``initdb`` once, run as the ``postgres`` OS user
@@ -24,6 +24,8 @@ from urllib.parse import quote
 from processor import prefill
 
 PREFILL_SEED: Final = 20240502
+SQLITE_LAYOUT: Final = "runs"
+"""Part of the cached file's name: a store written by an older layout is prefilled again, not upgraded."""
 PG_USER: Final = "bench"
 PG_PASSWORD: Final = "bench-only-on-127.0.0.1"
 PG_AS: Final = "postgres"
@@ -40,7 +42,7 @@ def _done_marker(path: Path) -> Path:
 def prefilled_sqlite(cache: Path, rows: int) -> Path:
     """The pristine prefilled SQLite file with ``rows`` rows (made on first use)."""
     cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"sqlite-{rows}.db"
+    path = cache / f"sqlite-{SQLITE_LAYOUT}-{rows}.db"
     if _done_marker(path).exists():
         return path
     for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
@@ -69,10 +71,9 @@ def with_peer_table(path: Path) -> None:
         "CREATE TABLE peer_clicks (rid INTEGER PRIMARY KEY, user_id TEXT NOT NULL, ts INTEGER NOT NULL, "
         "row TEXT NOT NULL)"
     )
-    db.execute(
-        "INSERT INTO peer_clicks (rid, user_id, ts, row) SELECT r.rid, i.key, i.ts, r.row FROM ds_SourcedClick_v1 AS r "
-        "JOIN (SELECT key, ts, rid FROM ds_SourcedClick_v1_main UNION ALL "
-        "SELECT key, ts, rid FROM ds_SourcedClick_v1_recent) AS i ON i.rid = r.rid ORDER BY r.rid"
+    db.execute(  # an entry is in two runs while a merge copies it: the first one wins
+        "INSERT OR IGNORE INTO peer_clicks (rid, user_id, ts, row) SELECT i.rid, i.key, i.ts, r.row "
+        "FROM ds_SourcedClick_v1_idx AS i JOIN ds_SourcedClick_v1 AS r ON r.rid = i.rid"
     )
     db.execute("CREATE INDEX peer_clicks_by_key ON peer_clicks (user_id, ts)")
     db.execute("COMMIT")

@@ -184,11 +184,11 @@ def test_two_processes_write_concurrently_without_lock_errors(store_url: str) ->
     db.close()
 
 
-def test_lookups_span_both_index_tiers_and_ties_follow_apply_order(tmp_path: Path) -> None:
-    db = open_store(f"sqlite:///{tmp_path / 't.db'}?merge_rows=3")
+def test_lookups_span_index_runs_and_ties_follow_apply_order(tmp_path: Path) -> None:
+    db = open_store(f"sqlite:///{tmp_path / 't.db'}?fanout=2")
     batches = [
         [row("u1", "/a", T0), row("u2", "/x", T0)],
-        [row("u1", "/b", T0 + timedelta(minutes=1)), row("u3", "/y", T0)],  # 4 > 3: lowest keys to main
+        [row("u1", "/b", T0 + timedelta(minutes=1)), row("u3", "/y", T0)],  # a 2nd run of 2: merged
         [row("u1", "/c", T0 + timedelta(minutes=1))],  # same key and time as /b, applied later: wins
         [row("u1", "/old", T0 - timedelta(minutes=1))],
     ]
@@ -208,35 +208,128 @@ def test_lookups_span_both_index_tiers_and_ties_follow_apply_order(tmp_path: Pat
     assert db.count_rows(SCHEMA) == 6
     db.close()
     raw = sqlite3.connect(tmp_path / "t.db")
-    tiers = [raw.execute(f"SELECT count(*) FROM ds_ClickEvent_v1_{t}").fetchone()[0] for t in ("main", "recent")]
-    assert tiers == [3, 3]  # u1 at T0 and T0+1m moved first; then, after that cursor, /c
+    runs = raw.execute("SELECT size_class, entries, merging_into FROM ds_ClickEvent_v1_runs ORDER BY run").fetchall()
+    # the two runs of 2 merged into one of 4 (class 2); the two runs of 1 merged into one of 2 (class 1)
+    assert runs == [(2, 4, None), (1, 2, None)]
+    entries = raw.execute("SELECT key, ts, rid FROM ds_ClickEvent_v1_idx ORDER BY run, key, ts, rid").fetchall()
+    assert len(entries) == len(set(entries)) == 6
+
+
+def _reference(applied: list[tuple[str, int, int, str]], key: str, at: int) -> str | None:
+    """The newest (ts, apply order) version of ``key`` with ts <= at, by brute force."""
+    best = max(((ts, rid, data) for k, ts, rid, data in applied if k == key and ts <= at), default=None)
+    return None if best is None else best[2]
+
+
+@pytest.mark.parametrize("fanout", [2, 3, 8])
+def test_index_runs_stay_few_and_lookups_match_a_brute_force_reference(tmp_path: Path, fanout: int) -> None:
+    """Batches of every size from 1 to 120 into a store with a small fanout, so that merges
+    start, run across many writes, and finish all the time: after every write each entry is
+    indexed (twice at most, while a merge copies it), the runs stay few, and lookups at random
+    keys and moments answer what a brute-force scan of everything applied answers."""
+    import random
+
+    rng = random.Random(fanout)
+    db = open_store(f"sqlite:///{tmp_path / 't.db'}?fanout={fanout}")
+    raw = sqlite3.connect(tmp_path / "t.db")
+    applied: list[tuple[str, int, int, str]] = []
+    expect: ShardState | None = None
+    keys = [f"k{i:03d}" for i in range(60)]
+    most_runs = 0
+    for n in range(1, 161):
+        size = rng.choice([1, 2, 5, 17, 60, 120])
+        rows: list[Row] = []
+        for _ in range(size):
+            key, moment = rng.choice(keys), T0 + timedelta(seconds=rng.randrange(0, 600))
+            rows.append(row(key, f"/{n}-{len(applied) + len(rows)}", moment))
+        assert db.apply(SCHEMA, Batch("s", state(n, T0), rows), expect) is None
+        expect = state(n, T0)
+        applied += [(k, ts, len(applied) + i, data) for i, (k, ts, data) in enumerate(rows)]  # type: ignore[misc]
+        indexed = raw.execute("SELECT count(*), count(DISTINCT rid) FROM ds_ClickEvent_v1_idx").fetchone()
+        assert indexed[1] == len(applied)
+        (runs,) = raw.execute("SELECT count(*) FROM ds_ClickEvent_v1_runs").fetchone()
+        most_runs = max(most_runs, runs)
+        classes = len(f"{len(applied):b}")  # a generous bound on the number of size classes
+        assert runs <= (2 * fanout + 1) * classes
+        if n % 20 == 0:
+            for _ in range(40):
+                key, at = rng.choice(keys), us(T0 + timedelta(seconds=rng.randrange(-10, 610)))
+                assert db.lookup(SCHEMA, key, at) == _reference(applied, key, at)
+    assert most_runs < 160  # merging really happened
+    merged = raw.execute("SELECT count(*) FROM ds_ClickEvent_v1_idx").fetchone()[0]
+    assert merged < 2 * len(applied)
+    db.close()
+
+
+def test_a_file_with_the_two_tier_index_is_upgraded_on_open(tmp_path: Path) -> None:
+    """Files written before the index had runs hold it in ``…_main`` and ``…_recent``."""
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        """
+        CREATE TABLE thyme_datasets (name TEXT NOT NULL, version INTEGER NOT NULL, schema_json TEXT NOT NULL,
+            created_at_us INTEGER NOT NULL, recent_rows INTEGER NOT NULL DEFAULT 0,
+            merge_key, merge_ts INTEGER, merge_rid INTEGER, PRIMARY KEY (name, version));
+        CREATE TABLE ds_ClickEvent_v1 (rid INTEGER PRIMARY KEY, row TEXT NOT NULL);
+        CREATE TABLE ds_ClickEvent_v1_recent (key NOT NULL, ts INTEGER NOT NULL, rid INTEGER NOT NULL,
+            PRIMARY KEY (key, ts, rid)) WITHOUT ROWID;
+        CREATE TABLE ds_ClickEvent_v1_main (key NOT NULL, ts INTEGER NOT NULL, rid INTEGER NOT NULL,
+            PRIMARY KEY (key, ts, rid)) WITHOUT ROWID;
+        """
+    )
+    old.execute(
+        "INSERT INTO thyme_datasets VALUES ('ClickEvent', 1, ?, 0, 1, NULL, NULL, NULL)", (SCHEMA.model_dump_json(),)
+    )
+    for rid, (tier, (key, ts, data)) in enumerate(
+        [
+            ("main", row("u1", "/a", T0)),
+            ("main", row("u2", "/x", T0)),
+            ("recent", row("u1", "/b", T0 + timedelta(minutes=1))),
+        ],
+        start=1,
+    ):
+        old.execute("INSERT INTO ds_ClickEvent_v1 VALUES (?, ?)", (rid, data))
+        old.execute(f"INSERT INTO ds_ClickEvent_v1_{tier} VALUES (?, ?, ?)", (key, ts, rid))
+    old.commit()
+    old.close()
+
+    db = open_store(f"sqlite:///{path}")
+    assert db.lookup(SCHEMA, "u1", us(T0 + timedelta(hours=1))) == row("u1", "/b", T0 + timedelta(minutes=1))[2]
+    assert db.lookup(SCHEMA, "u1", us(T0)) == row("u1", "/a", T0)[2]
+    assert db.apply(SCHEMA, Batch("s", state(1, T0), [row("u2", "/y", T0 + timedelta(minutes=2))]), None) is None
+    assert db.lookup(SCHEMA, "u2", us(T0 + timedelta(hours=1))) == row("u2", "/y", T0 + timedelta(minutes=2))[2]
+    assert db.count_rows(SCHEMA) == 4
+    db.close()
+    raw = sqlite3.connect(path)
+    tables = {name for (name,) in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"ds_ClickEvent_v1_main", "ds_ClickEvent_v1_recent"}.isdisjoint(tables)
+    assert raw.execute("SELECT run, entries FROM ds_ClickEvent_v1_runs ORDER BY run").fetchall() == [
+        (1, 2),
+        (2, 1),
+        (3, 1),
+    ]
+
+
+def test_rows_and_keys_are_stored_exactly_as_given(store: Store) -> None:
+    """Rows reach SQLite as one JSON array per batch: every character must come back as it was."""
+    tricky = '{"user_id":"q\\"uote","page":"\\\\ \\u0000 \\n tab\t \x01 é 中 😀 \\u2028","timestamp":"x"}'
+    odd_keys = ['q"uote', "back\\slash", "é中😀", " lead", "1", "-0", "null"]
+    rows: list[Row] = [(key, us(T0) + i, tricky.replace("x", str(i))) for i, key in enumerate(odd_keys)]
+    assert store.apply(SCHEMA, Batch("s", state(1, T0), rows), None) is None
+    for key, ts, data in rows:
+        assert store.lookup(SCHEMA, key, ts) == data
+    if store.url.startswith("sqlite"):  # an int key reaches SQLite as an int, as bound before
+        assert store.lookup(SCHEMA, 1, us(T0) + 100) is None  # the int 1 is not the string "1"
 
 
 def test_a_bug_is_not_mistaken_for_an_outage(store: Store) -> None:
     bad = Batch("s", state(1), [(["not", "a", "key"], 0, "{}")])  # type: ignore[list-item]
-    # SQLite refuses to bind the list; psycopg's binary COPY refuses to dump it as text
-    with pytest.raises(sqlite3.ProgrammingError if store.url.startswith("sqlite") else TypeError):
+    # the SQLite store checks the types of what it passes on as JSON; psycopg's binary COPY refuses to dump it
+    with pytest.raises(TypeError):
         store.apply(SCHEMA, bad, None)
     assert store.shard_state(SCHEMA, "s") is None
     assert store.apply(SCHEMA, Batch("s", state(1), [row("u", "/", T0)]), None) is None  # still usable
     assert store.count_rows(SCHEMA) == 1
-
-
-def test_recent_tier_never_outgrows_merge_rows(tmp_path: Path) -> None:
-    db = open_store(f"sqlite:///{tmp_path / 't.db'}?merge_rows=40")
-    raw = sqlite3.connect(tmp_path / "t.db")
-    expect: ShardState | None = None
-    for n in range(1, 31):
-        rows = [row(f"k{(n * 7919 + i * 104729) % 1000:03d}", f"/{n}-{i}", T0 + timedelta(seconds=i)) for i in range(9)]
-        assert db.apply(SCHEMA, Batch("s", state(n, T0), rows), expect) is None
-        expect = state(n, T0)
-        recent, main = (
-            raw.execute(f"SELECT count(*) FROM ds_ClickEvent_v1_{t}").fetchone()[0] for t in ("recent", "main")
-        )
-        assert recent <= 40 + 9  # at most one batch over merge_rows, merged by the next write
-        assert recent + main == 9 * n
-    assert db.count_rows(SCHEMA) == 270
-    db.close()
 
 
 # -- operating: lag, dead letters by shard, filters, re-drive ---------------------------------

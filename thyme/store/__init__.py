@@ -21,7 +21,7 @@ from thyme.store.base import (
     ShardSummary,
     Store,
 )
-from thyme.store.sqlite import DEFAULT_BUSY_TIMEOUT_MS, DEFAULT_MERGE_ROWS, SQLiteStore
+from thyme.store.sqlite import DEFAULT_BUSY_TIMEOUT_MS, DEFAULT_FANOUT, SQLiteStore
 
 ENV_STORE_URL: Final = "THYME_STORE_URL"
 DEFAULT_STORE_URL: Final = "sqlite:///thyme.db"
@@ -75,7 +75,8 @@ def open_store(url: str | None = None) -> Store:
 
     ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``. Query parameters:
     ``busy_timeout_ms`` (default 30000) bounds how long a writer waits for the file lock;
-    ``merge_rows`` (default 200000) is the size of the recent index tier.
+    ``fanout`` (default 8, at least 2) is how many index runs of one size are merged at a time:
+    fewer runs for a lookup to probe (smaller) against fewer rewrites of each entry (larger).
 
     ``postgresql://user:password@host:5432/dbname`` (or ``postgres://…``): a PostgreSQL
     database, shared by consumers on several hosts; query parameters are libpq's (``sslmode``,
@@ -109,7 +110,8 @@ def open_store(url: str | None = None) -> Store:
                 value=redact_url(url),
             )
         query = parse_qs(parts.query)
-        options = {"busy_timeout_ms": DEFAULT_BUSY_TIMEOUT_MS, "merge_rows": DEFAULT_MERGE_ROWS}
+        options = {"busy_timeout_ms": DEFAULT_BUSY_TIMEOUT_MS, "fanout": DEFAULT_FANOUT}
+        least = {"busy_timeout_ms": 1, "fanout": 2}
         unknown = set(query) - set(options)
         if unknown:
             raise StoreConfigError(
@@ -120,10 +122,10 @@ def open_store(url: str | None = None) -> Store:
             )
         for name, default in options.items():
             given = query.get(name, [str(default)])[-1]
-            if not given.isdigit() or int(given) < 1:
+            if not given.isdigit() or int(given) < least[name]:
                 raise StoreConfigError(
                     f"store URL {name}",
-                    "must be a whole number greater than 0",
+                    f"must be a whole number of at least {least[name]}",
                     f"For example ?{name}={default}.",
                     value=given,
                 )

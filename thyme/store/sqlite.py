@@ -1,16 +1,22 @@
 """The embedded store: one SQLite file shared by every shard's child process.
 
 Layout, chosen for write speed into a dataset that already holds millions of rows
-(``../shared/reference/performance.md``; measured: one random-key index over 5M rows takes
-~32k rows/s, this layout ~110k):
+(``../shared/reference/performance.md`` and ``benchmarks/``: one random-key index over 5M rows
+takes ~32k rows/s; a recent tier merged into one main tier fell from 85k to 40k rows/s between
+1M and 20M rows, because every merge rewrote pages all over the main tier):
 
 * ``ds_<name>_v<version>``: the rows, append-only, ``rid`` = apply order (which within a
   shard is stream order, and breaks ties between equal event times).
-* ``…_recent`` and ``…_main``: the ``(key, ts, rid)`` index in two tiers, both clustered
-  ``WITHOUT ROWID`` tables. Batches insert into the small ``recent`` tier, whose pages stay
-  in cache; once it holds ``merge_rows`` entries, the writer moves them into ``main`` in key
-  order inside its transaction, so the large tier is written sequentially, a page once per
-  merge instead of once per row. A lookup probes both tiers (two index seeks).
+* ``…_idx``: the ``(key, ts, rid)`` index as sorted *runs*, one clustered ``WITHOUT ROWID``
+  table keyed ``(run, key, ts, rid)``. Each batch writes its entries as a new run, sorted, so
+  they land on a few fresh pages instead of all over a large index. ``…_runs`` lists the runs
+  with their sizes. Size-tiered compaction keeps the number of runs small: when ``fanout``
+  runs of one size class exist, they are merged into one run of the next class, in key order,
+  a slice per write (each write moves up to twice its own entries per merge in progress), so
+  no transaction grows with the store and the index is rewritten ~log_fanout(rows / batch)
+  times in all, always sequentially. A merge copies entries before it deletes its sources, so
+  while it runs an entry may be found in two runs: harmless, both answer the same. A lookup
+  reads the run list and probes every run (one index seek each) in one read transaction.
 * ``thyme_shards``: per (dataset, shard) the last applied position, the watermark, counters.
 * ``thyme_dead_letters``: rejected records with their raw bytes and reason.
 * ``thyme_datasets``: the schema each dataset version was created with.
@@ -24,10 +30,12 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
+
+import msgspec
 
 from thyme.dataset import DatasetSchema
 from thyme.errors import SchemaChangedError, StoreUnavailableError
@@ -48,11 +56,16 @@ from thyme.store.base import (
 )
 
 DEFAULT_BUSY_TIMEOUT_MS: Final = 30_000
-DEFAULT_MERGE_ROWS: Final = 200_000
+DEFAULT_FANOUT: Final = 8
+"""Runs of one size class merged at a time; a class holds runs of fanout**c to fanout**(c+1)-1 entries."""
+MOVE_FACTOR: Final = 2
+"""Each write advances every merge in progress by up to this many times its own entries..."""
+MIN_MOVE: Final = 1_000
+"""... and at least this many (so that small batches still finish merges)."""
+LOOKUP_ARMS: Final = 200
+"""Runs probed per lookup statement (SQLite allows 500 terms in a compound SELECT)."""
 CACHE_KIB: Final = 32 * 1024
-"""SQLite page cache per connection: holds the recent index tier; bounds the child's memory."""
-MERGE_CHUNKS: Final = 8
-"""Past ``merge_rows``, each write moves 1/8 of the recent tier (the next key range) into main."""
+"""SQLite page cache per connection; bounds the child's memory."""
 WAL_AUTOCHECKPOINT_PAGES: Final = 10_000
 """Checkpoint the WAL every ~40 MB instead of SQLite's 4 MB: index pages touched by several
 batches are copied into the database once (measured 32k → 70k rows/s at 5M rows alone)."""
@@ -60,8 +73,7 @@ batches are copied into the database once (measured 32k → 70k rows/s at 5M row
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS thyme_datasets (
     name TEXT NOT NULL, version INTEGER NOT NULL, schema_json TEXT NOT NULL,
-    created_at_us INTEGER NOT NULL, recent_rows INTEGER NOT NULL DEFAULT 0,
-    merge_key, merge_ts INTEGER, merge_rid INTEGER, PRIMARY KEY (name, version)
+    created_at_us INTEGER NOT NULL, PRIMARY KEY (name, version)
 );
 CREATE TABLE IF NOT EXISTS thyme_shards (
     dataset TEXT NOT NULL, shard TEXT NOT NULL,
@@ -89,6 +101,10 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
+_ENCODE: Final = msgspec.json.Encoder()
+_ROW_TYPES: Final = {(str, int, str), (int, int, str)}
+
+
 def table_name(dataset: DatasetSchema) -> str:
     """The events table of a dataset version (the name is validated by ``@dataset``)."""
     return f"ds_{dataset.name}_v{dataset.version}"
@@ -98,12 +114,14 @@ class SQLiteStore:
     """The embedded SQLite store. Safe for many processes; one instance per process."""
 
     def __init__(
-        self, path: str | Path, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS, merge_rows: int = DEFAULT_MERGE_ROWS
+        self, path: str | Path, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS, fanout: int = DEFAULT_FANOUT
     ) -> None:
+        if fanout < 2:
+            raise ValueError(f"fanout must be at least 2, not {fanout}")
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
         self._busy_timeout_ms = busy_timeout_ms
-        self._merge_rows = merge_rows
+        self._fanout = fanout
         self._known: set[tuple[str, int]] = set()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,17 +202,15 @@ class SQLiteStore:
                 )
                 table = table_name(schema)
                 db.execute(f'CREATE TABLE IF NOT EXISTS "{table}" (rid INTEGER PRIMARY KEY, row TEXT NOT NULL)')
-                for tier in ("recent", "main"):
-                    db.execute(
-                        f'CREATE TABLE IF NOT EXISTS "{table}_{tier}" (key NOT NULL, ts INTEGER NOT NULL, '
-                        "rid INTEGER NOT NULL, PRIMARY KEY (key, ts, rid)) WITHOUT ROWID"
-                    )
+                _create_index(db, table)
             elif DatasetSchema.model_validate_json(found[0]) != schema:
                 raise SchemaChangedError(
                     f"dataset {schema.name} version {schema.version}: its fields differ from the ones "
                     f"the store {self.url} holds for that version. Increase the version "
                     f"(@dataset(version={schema.version + 1})) to store the new fields separately."
                 )
+            else:
+                _upgrade_tiers(db, table_name(schema), self._size_class)
         self._known.add(ident)
 
     # -- shards -----------------------------------------------------------------------------
@@ -277,56 +293,98 @@ class SQLiteStore:
         return len(marked)
 
     def _insert_rows(self, db: sqlite3.Connection, dataset: DatasetSchema, rows: Sequence[Row]) -> None:
-        """Append the rows, index them in the recent tier, and merge the tier when it is full."""
+        """Append the rows, index them as a new sorted run, and advance the merges.
+
+        Both inserts read one JSON array each (``json_each``): SQLite unpacks, sorts and writes
+        the entries in C, instead of binding every value from Python.
+        """
+        kinds = {(type(key), type(ts), type(data)) for key, ts, data in rows}
+        if not kinds <= _ROW_TYPES:  # JSON would carry any of them, silently changed: a bug upstream
+            raise TypeError(f"a row must be (str or int key, int event time, str row), not {sorted(map(str, kinds))}")
         table = table_name(dataset)
         base = db.execute(f'SELECT coalesce(max(rid), 0) FROM "{table}"').fetchone()[0] + 1
-        db.executemany(
-            f'INSERT INTO "{table}" (rid, row) VALUES (?, ?)', [(base + i, data) for i, (_, _, data) in enumerate(rows)]
+        db.execute(
+            f'INSERT INTO "{table}" (rid, row) SELECT ?1 + key, value FROM json_each(?2)',
+            (base, _ENCODE.encode([data for _, _, data in rows])),
         )
-        db.executemany(
-            f'INSERT INTO "{table}_recent" (key, ts, rid) VALUES (?, ?, ?)',
-            [(key, ts, base + i) for i, (key, ts, _) in enumerate(rows)],
+        run = db.execute(f'SELECT coalesce(max(run), 0) + 1 FROM "{table}_runs"').fetchone()[0]
+        db.execute(
+            f'INSERT INTO "{table}_idx" (run, key, ts, rid) SELECT ?1, value ->> 0, value ->> 1, ?2 + key '
+            "FROM json_each(?3) ORDER BY 2, 3, 4",
+            (run, base, _ENCODE.encode([(key, ts) for key, ts, _ in rows])),
         )
-        (recent,) = db.execute(
-            "UPDATE thyme_datasets SET recent_rows = recent_rows + ? WHERE name = ? AND version = ? "
-            "RETURNING recent_rows",
-            (len(rows), dataset.name, dataset.version),
-        ).fetchone()
-        if recent > self._merge_rows:
-            self._merge_chunk(db, dataset, max(self._merge_rows // MERGE_CHUNKS, len(rows)))
+        db.execute(
+            f'INSERT INTO "{table}_runs" (run, size_class, entries) VALUES (?, ?, ?)',
+            (run, self._size_class(len(rows)), len(rows)),
+        )
+        self._compact(db, table, max(MIN_MOVE, MOVE_FACTOR * len(rows)))
 
-    def _merge_chunk(self, db: sqlite3.Connection, dataset: DatasetSchema, chunk: int) -> None:
-        """Move the next ``chunk`` recent entries after the merge cursor into main.
+    def _size_class(self, entries: int) -> int:
+        """``c`` such that ``fanout**c <= entries < fanout**(c+1)`` (0 for an empty run)."""
+        size_class, bound = 0, self._fanout
+        while entries >= bound:
+            size_class, bound = size_class + 1, bound * self._fanout
+        return size_class
 
-        The cursor sweeps the key space round and round, so every key range is merged once per
-        sweep with a sweep's worth of entries (like merging the whole tier at once), while one
-        transaction only dirties the pages of one contiguous key range of main: a child's
-        memory stays bounded however large main grows. Read in (key, ts, rid) order, the
-        entries land in main sequentially.
+    def _compact(self, db: sqlite3.Connection, table: str, budget: int) -> None:
+        """Start the merges that are due, then move up to ``budget`` entries for each merge in progress.
+
+        A run being merged has ``merging_into`` = its target; a target is a run that some run
+        is merging into. Per size class at most one merge runs at a time, of the ``fanout``
+        oldest idle runs of that class, into a new run of the next class.
         """
-        table = table_name(dataset)
-        ident = (dataset.name, dataset.version)
-        cursor = db.execute(
-            "SELECT merge_key, merge_ts, merge_rid FROM thyme_datasets WHERE name = ? AND version = ?", ident
+        runs = f'"{table}_runs"'
+        due = db.execute(
+            f"SELECT size_class FROM {runs} AS r WHERE merging_into IS NULL "
+            f"AND NOT EXISTS (SELECT 1 FROM {runs} AS s WHERE s.merging_into = r.run) "
+            f"AND NOT EXISTS (SELECT 1 FROM {runs} AS m WHERE m.size_class = r.size_class "
+            "AND m.merging_into IS NOT NULL) "
+            "GROUP BY size_class HAVING count(*) >= ?",
+            (self._fanout,),
+        ).fetchall()
+        for (size_class,) in due:
+            target = db.execute(f"SELECT max(run) + 1 FROM {runs}").fetchone()[0]
+            db.execute(
+                f"UPDATE {runs} SET merging_into = ?1 WHERE run IN (SELECT run FROM {runs} AS r "
+                "WHERE size_class = ?2 AND merging_into IS NULL "
+                f"AND NOT EXISTS (SELECT 1 FROM {runs} AS s WHERE s.merging_into = r.run) ORDER BY run LIMIT ?3)",
+                (target, size_class, self._fanout),
+            )
+            db.execute(f"INSERT INTO {runs} (run, size_class, entries) VALUES (?, ?, 0)", (target, size_class + 1))
+        merging: dict[int, list[int]] = {}
+        for run, target in db.execute(
+            f"SELECT run, merging_into FROM {runs} WHERE merging_into IS NOT NULL ORDER BY run"
+        ).fetchall():
+            merging.setdefault(target, []).append(run)
+        for target, sources in merging.items():
+            self._merge_step(db, table, target, sources, budget)
+
+    def _merge_step(self, db: sqlite3.Connection, table: str, target: int, sources: list[int], budget: int) -> None:
+        """Copy the next ``budget`` entries of ``sources`` (after the target's last one) into the
+        target, in key order (SQLite merges the sorted runs: no sort); finish when they run out."""
+        idx = f'"{table}_idx"'
+        last = db.execute(
+            f"SELECT key, ts, rid FROM {idx} WHERE run = ? ORDER BY key DESC, ts DESC, rid DESC LIMIT 1", (target,)
         ).fetchone()
-        after, args = ("", ()) if cursor[0] is None else ("WHERE (key, ts, rid) > (?, ?, ?)", tuple(cursor))
-        bound = db.execute(
-            f'SELECT key, ts, rid FROM "{table}_recent" {after} ORDER BY key, ts, rid LIMIT 1 OFFSET ?',
-            (*args, chunk - 1),
-        ).fetchone()
-        span = after.replace("WHERE", "AND") if bound is not None else after
-        where = f"WHERE (key, ts, rid) <= (?, ?, ?) {span}" if bound is not None else span
-        bounds = (*bound, *args) if bound is not None else args
-        db.execute(
-            f'INSERT INTO "{table}_main" (key, ts, rid) SELECT key, ts, rid FROM "{table}_recent" {where}', bounds
-        )
-        moved = db.execute(f'DELETE FROM "{table}_recent" {where}', bounds).rowcount
-        next_cursor = tuple(bound) if bound is not None else (None, None, None)  # past the end: start over
-        db.execute(
-            "UPDATE thyme_datasets SET recent_rows = recent_rows - ?, merge_key = ?, merge_ts = ?, merge_rid = ? "
-            "WHERE name = ? AND version = ?",
-            (moved, *next_cursor, *ident),
-        )
+        after = "" if last is None else " AND (key, ts, rid) > (?2, ?3, ?4)"
+        arms = " UNION ALL ".join(f"SELECT key, ts, rid FROM {idx} WHERE run = {int(s)}{after}" for s in sources)
+        moved = db.execute(
+            f"INSERT INTO {idx} (run, key, ts, rid) SELECT ?5, key, ts, rid "
+            f"FROM ({arms} ORDER BY key, ts, rid LIMIT ?1)",
+            (budget, *(last or (None, None, None)), target),
+        ).rowcount
+        runs = f'"{table}_runs"'
+        if moved < budget:  # the sources are used up: they go, the target is a run like any other
+            marks = ",".join("?" * len(sources))
+            db.execute(f"DELETE FROM {idx} WHERE run IN ({marks})", sources)
+            db.execute(f"DELETE FROM {runs} WHERE run IN ({marks})", sources)
+            (entries,) = db.execute(f"SELECT count(*) FROM {idx} WHERE run = ?", (target,)).fetchone()
+            db.execute(
+                f"UPDATE {runs} SET entries = ?, size_class = ? WHERE run = ?",
+                (entries, self._size_class(entries), target),
+            )
+        else:
+            db.execute(f"UPDATE {runs} SET entries = entries + ? WHERE run = ?", (moved, target))
 
     def shards(self, dataset: DatasetSchema) -> list[ShardSummary]:
         rows = self._db.execute(
@@ -344,18 +402,27 @@ class SQLiteStore:
     def lookup(self, dataset: DatasetSchema, key: Key, at_us: int) -> str | None:
         self.ensure_dataset(dataset)
         table = table_name(dataset)
-        found = self._db.execute(
-            f"""SELECT r.row FROM (
-                    SELECT ts, rid FROM (SELECT ts, rid FROM "{table}_recent" WHERE key = ?1 AND ts <= ?2
-                                         ORDER BY ts DESC, rid DESC LIMIT 1)
-                    UNION ALL
-                    SELECT ts, rid FROM (SELECT ts, rid FROM "{table}_main" WHERE key = ?1 AND ts <= ?2
-                                         ORDER BY ts DESC, rid DESC LIMIT 1)
-                    ORDER BY ts DESC, rid DESC LIMIT 1
-                ) AS best JOIN "{table}" AS r ON r.rid = best.rid""",
-            (key, at_us),
-        ).fetchone()
-        return None if found is None else str(found[0])
+        db = self._db
+        db.execute("BEGIN")  # one snapshot: the run list and the runs as they were together
+        try:
+            runs = [run for (run,) in db.execute(f'SELECT run FROM "{table}_runs"')]
+            best: tuple[int, int] | None = None
+            for start in range(0, len(runs), LOOKUP_ARMS):
+                part = runs[start : start + LOOKUP_ARMS]
+                arms = " UNION ALL ".join(
+                    f'SELECT * FROM (SELECT ts, rid FROM "{table}_idx" WHERE run = ?{n} AND key = ?1 AND ts <= ?2 '
+                    "ORDER BY ts DESC, rid DESC LIMIT 1)"
+                    for n in range(3, 3 + len(part))
+                )
+                found = db.execute(f"{arms} ORDER BY ts DESC, rid DESC LIMIT 1", (key, at_us, *part)).fetchone()
+                if found is not None and (best is None or found > best):
+                    best = (found[0], found[1])
+            if best is None:
+                return None
+            row = db.execute(f'SELECT row FROM "{table}" WHERE rid = ?', (best[1],)).fetchone()
+            return None if row is None else str(row[0])
+        finally:
+            db.execute("COMMIT")
 
     def count_rows(self, dataset: DatasetSchema) -> int:
         self.ensure_dataset(dataset)
@@ -391,6 +458,45 @@ class SQLiteStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _create_index(db: sqlite3.Connection, table: str) -> None:
+    db.execute(
+        f'CREATE TABLE IF NOT EXISTS "{table}_idx" (run INTEGER NOT NULL, key NOT NULL, ts INTEGER NOT NULL, '
+        "rid INTEGER NOT NULL, PRIMARY KEY (run, key, ts, rid)) WITHOUT ROWID"
+    )
+    db.execute(
+        f'CREATE TABLE IF NOT EXISTS "{table}_runs" (run INTEGER PRIMARY KEY, size_class INTEGER NOT NULL, '
+        "entries INTEGER NOT NULL, merging_into INTEGER)"
+    )
+
+
+def _upgrade_tiers(db: sqlite3.Connection, table: str, size_class: Callable[[int], int]) -> None:
+    """A file written before the index had runs has two tiers, ``…_main`` and ``…_recent``,
+    each already in ``(key, ts, rid)`` order: each becomes one run (once, on first open)."""
+    tiers = [
+        name
+        for (name,) in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN (?, ?)",
+            (f"{table}_main", f"{table}_recent"),
+        )
+    ]
+    if not tiers:
+        return
+    _create_index(db, table)
+    run = db.execute(f'SELECT coalesce(max(run), 0) FROM "{table}_runs"').fetchone()[0]
+    for tier in sorted(tiers):  # main, then recent
+        run += 1
+        moved = db.execute(
+            f'INSERT INTO "{table}_idx" (run, key, ts, rid) SELECT ?, key, ts, rid FROM "{tier}" ORDER BY key, ts, rid',
+            (run,),
+        ).rowcount
+        if moved:
+            db.execute(
+                f'INSERT INTO "{table}_runs" (run, size_class, entries) VALUES (?, ?, ?)',
+                (run, size_class(moved), moved),
+            )
+        db.execute(f'DROP TABLE "{tier}"')
 
 
 def _state(sequence: str | None, sub: int | None, watermark: int | None, ended: int) -> ShardState:
