@@ -182,9 +182,11 @@ class Bench:
                 store += float(entry.get("store_seconds", 0.0))
         return store / total if total else float("nan")
 
-    def store_alone(self, url: str, workload: Workload, shard: str) -> float:
+    def store_alone(self, url: str, workload: Workload, shard: str, rounds: int = 1) -> list[float]:
         """Rows/s of the store's ``apply`` alone (in this process, rows decoded beforehand): what
-        the child could reach at best if decoding and the pipe cost nothing."""
+        the child could reach at best if decoding and the pipe cost nothing. With ``rounds`` > 1
+        the workload's batches are applied again and again (new versions of the same keys); one
+        figure per round."""
         import base64
 
         import msgspec
@@ -197,28 +199,33 @@ class Bench:
         schema = dataset_schema(SourcedClick)
         assert schema is not None
         decoder = RecordDecoder(schema)
-        batches: list[tuple[Any, list[Any]]] = []
-        for index, line in enumerate(workload.lines):
+        batches: list[list[Any]] = []
+        for line in workload.lines:
             records = msgspec.json.decode(line)["records"]
             rows = []
             for record in records:
                 result = decoder.decode(base64.b64decode(record["data"]))
                 if not isinstance(result, str):
                     rows.append(result)
-            batches.append((ShardState(Position(index + 1), None), rows))
+            batches.append(rows)
         store = open_store(url)
+        rates: list[float] = []
         try:
             store.ensure_dataset(schema)
             expect: ShardState | None = None
-            started = time.perf_counter()
-            for state, rows in batches:
-                if store.apply(schema, Batch(shard, state, rows), expect) is not None:
-                    raise RuntimeError("the shard state changed under the store-alone run")
-                expect = state
-            seconds = time.perf_counter() - started
+            position = 0
+            for _round in range(rounds):
+                started = time.perf_counter()
+                for rows in batches:
+                    position += 1
+                    state = ShardState(Position(position), None)
+                    if store.apply(schema, Batch(shard, state, rows), expect) is not None:
+                        raise RuntimeError("the shard state changed under the store-alone run")
+                    expect = state
+                rates.append(sum(map(len, batches)) / (time.perf_counter() - started))
         finally:
             store.close()
-        return sum(len(rows) for _, rows in batches) / seconds
+        return rates
 
     def sqlite_ceiling(self, workload: Workload) -> float:
         """Rows/s of the cheapest durable SQLite write there is: append each batch's accepted rows
@@ -427,7 +434,7 @@ class Bench:
                     # per record: the child's own work, then the cheapest durable write of its row
                     bound.values.append(1 / (1 / n.rate + 1 / ceiling.values[-1]) / f.rate)
                     line += f", child without a store {n.rate:,.0f} (bound {bound.values[-1]:.2f}x floor)"
-                alone.values.append(self.store_alone(url, workload, self.shard(f"alone-{kind}")))
+                alone.values += self.store_alone(url, workload, self.shard(f"alone-{kind}"))
                 line += f", store alone {alone.values[-1]:,.0f} rows/s"
                 two = self.pair(url, workload, self.shard(f"pair-{kind}"))
                 pair.values.append(two)
@@ -595,7 +602,43 @@ class Bench:
                 f"{series.median:,.0f}; {m['now_p50_ms']:.2f}/{m['now_p99_ms']:.2f}, "
                 f"{m['past_p50_ms']:.2f}/{m['past_p99_ms']:.2f} ms",
             )
+        self.sustained(out)
         self.results["scaling"] = out
+
+    def sustained(self, out: dict[str, Any]) -> None:
+        """The store's apply alone over a long stream from 5M rows, so that the figure includes
+        every merge the stream triggers (a run of 20 batches may fall between two large ones)."""
+        from thyme.store import open_store
+
+        workload = self.workload()
+        per_round = workload.accepted
+        rounds = max(1, (1_000_000 if self.args.quick else 7_000_000) // per_round)
+        url = self.fresh("sqlite", FIVE_M)
+        log(f"  sustained: the store's apply alone, {rounds * per_round:,} rows onto the 5M store ...")
+        rates = self.store_alone(url, workload, self.shard("sustained"), rounds)
+        overall = len(rates) / sum(1 / r for r in rates)  # rows/s over the whole stream
+        store = open_store(url)
+        try:
+            from tests.factories import SourcedClick
+            from thyme.dataset import dataset_schema
+
+            schema = dataset_schema(SourcedClick)
+            assert schema is not None
+            rows = store.count_rows(schema)
+        finally:
+            store.close()
+        out["sustained"] = {
+            "rows_applied": rounds * per_round,
+            "rows_after": rows,
+            "per_round": rates,
+            "overall": overall,
+        }
+        log(f"  sustained: {overall:,.0f} rows/s overall; per {per_round:,} rows {min(rates):,.0f}..{max(rates):,.0f}")
+        self.row(
+            "5",
+            f"SQLite store apply alone, sustained from 5M to {rows / 1e6:.1f}M rows (slowest / fastest {per_round:,})",
+            f"{overall:,.0f} rows/s ({min(rates):,.0f} / {max(rates):,.0f})",
+        )
 
     def e2e(self) -> None:
         import e2e
