@@ -420,3 +420,31 @@ def test_a_password_with_unencoded_url_characters_is_not_quoted_in_the_error() -
             open_store(url)
         assert "s3cr3tPW" not in str(info.value)
         assert str(info.value).startswith("store URL: not a valid URL (an unclosed [ or a port that is not a number")
+
+
+def test_an_sqlite_library_too_old_for_the_store_is_refused_with_the_fix() -> None:
+    from thyme.store.sqlite import check_sqlite_library
+
+    check_sqlite_library()  # the one this Python has
+    with pytest.raises(StoreConfigError, match=r"3\.31\.1; the store needs 3\.38\.0 or newer.*PostgreSQL"):
+        check_sqlite_library((3, 31, 1))
+
+
+def test_a_batch_of_large_rows_is_stored_exactly(store: Store) -> None:
+    """Past JSON_ROWS_MAX_CHARS the SQLite store writes rows one by one: same result."""
+    from thyme.store.sqlite import JSON_ROWS_MAX_CHARS
+
+    pages = [f"/{i}/" + chr(0x4E2D) * (JSON_ROWS_MAX_CHARS // 4) for i in range(6)]
+    rows = [row(f"u{i}", page, T0 + timedelta(seconds=i)) for i, page in enumerate(pages)]
+    assert sum(len(data) for _, _, data in rows) > JSON_ROWS_MAX_CHARS
+    assert store.apply(SCHEMA, Batch("s", state(1, T0), rows), None) is None
+    for key, ts, data in rows:
+        assert store.lookup(SCHEMA, key, ts) == data
+
+
+def test_the_sqlite_store_refuses_a_batch_mixing_str_and_int_keys(tmp_path: Path) -> None:
+    db = open_store(f"sqlite:///{tmp_path / 't.db'}")
+    with pytest.raises(TypeError, match="all str or all int"):
+        db.apply(SCHEMA, Batch("s", state(1), [row("u", "/", T0), (7, us(T0), "{}")]), None)
+    assert db.shard_state(SCHEMA, "s") is None
+    db.close()

@@ -28,17 +28,19 @@ a committed batch survives a power cut, because the KCL checkpoint is taken afte
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import msgspec
 
 from thyme.dataset import DatasetSchema
-from thyme.errors import SchemaChangedError, StoreUnavailableError
+from thyme.errors import SchemaChangedError, StoreConfigError, StoreUnavailableError
 from thyme.store.base import (
     DEAD_LETTER_COLUMNS,
     Batch,
@@ -64,6 +66,11 @@ MIN_MOVE: Final = 1_000
 """... and at least this many (so that small batches still finish merges)."""
 LOOKUP_ARMS: Final = 200
 """Runs probed per lookup statement (SQLite allows 500 terms in a compound SELECT)."""
+JSON_ROWS_MAX_CHARS: Final = 4 * 2**20
+"""A batch's rows go to SQLite as one JSON array up to this size (a 10,000 x 200 B batch is ~2 MB);
+larger ones row by row, which costs nothing per byte and keeps a 10 MiB batch from being copied twice."""
+MIN_SQLITE: Final = (3, 38, 0)
+"""``->>`` and JSON functions always built in (3.38); ``RETURNING`` (3.35)."""
 CACHE_KIB: Final = 32 * 1024
 """SQLite page cache per connection; bounds the child's memory."""
 WAL_AUTOCHECKPOINT_PAGES: Final = 10_000
@@ -118,6 +125,7 @@ class SQLiteStore:
     ) -> None:
         if fanout < 2:
             raise ValueError(f"fanout must be at least 2, not {fanout}")
+        check_sqlite_library()
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
         self._busy_timeout_ms = busy_timeout_ms
@@ -228,6 +236,7 @@ class SQLiteStore:
     def apply(self, dataset: DatasetSchema, batch: Batch, expect: ShardState | None) -> Conflict | None:
         self.ensure_dataset(dataset)
         now = _now_us()
+        prepared = _prepare(batch.rows) if batch.rows else None  # before the write lock: others may write
         with self._write() as db:
             found = db.execute(
                 "SELECT sequence, sub_sequence, watermark_us, ended FROM thyme_shards WHERE dataset = ? AND shard = ?",
@@ -236,8 +245,8 @@ class SQLiteStore:
             current = None if found is None else _state(*found)
             if current != expect:
                 return Conflict(current)
-            if batch.rows:
-                self._insert_rows(db, dataset, batch.rows)
+            if prepared is not None:
+                self._insert_rows(db, dataset, prepared)
             if batch.dead_letters:
                 db.executemany(
                     "INSERT INTO thyme_dead_letters (dataset, shard, sequence, sub_sequence, "
@@ -289,35 +298,33 @@ class SQLiteStore:
                 ]
             marked.sort()  # apply in the order the records were recorded
             if marked:
-                self._insert_rows(db, dataset, [wanted[i] for i in marked])
+                self._insert_rows(db, dataset, _prepare([wanted[i] for i in marked]))
         return len(marked)
 
-    def _insert_rows(self, db: sqlite3.Connection, dataset: DatasetSchema, rows: Sequence[Row]) -> None:
+    def _insert_rows(self, db: sqlite3.Connection, dataset: DatasetSchema, rows: _Prepared) -> None:
         """Append the rows, index them as a new sorted run, and advance the merges.
 
-        Both inserts read one JSON array each (``json_each``): SQLite unpacks, sorts and writes
-        the entries in C, instead of binding every value from Python.
+        Both inserts read one JSON array each (``json_each``): SQLite unpacks and writes the
+        entries in C, instead of binding every value from Python; the index entries arrive
+        sorted, so they are appended in order.
         """
-        kinds = {(type(key), type(ts), type(data)) for key, ts, data in rows}
-        if not kinds <= _ROW_TYPES:  # JSON would carry any of them, silently changed: a bug upstream
-            raise TypeError(f"a row must be (str or int key, int event time, str row), not {sorted(map(str, kinds))}")
         table = table_name(dataset)
         base = db.execute(f'SELECT coalesce(max(rid), 0) FROM "{table}"').fetchone()[0] + 1
-        db.execute(
-            f'INSERT INTO "{table}" (rid, row) SELECT ?1 + key, value FROM json_each(?2)',
-            (base, _ENCODE.encode([data for _, _, data in rows])),
-        )
+        if isinstance(rows.rows, bytes):
+            db.execute(f'INSERT INTO "{table}" (rid, row) SELECT ?1 + key, value FROM json_each(?2)', (base, rows.rows))
+        else:  # large rows: one at a time, no second copy of them in memory
+            db.executemany(f'INSERT INTO "{table}" (rid, row) VALUES (?, ?)', zip(itertools.count(base), rows.rows))
         run = db.execute(f'SELECT coalesce(max(run), 0) + 1 FROM "{table}_runs"').fetchone()[0]
         db.execute(
-            f'INSERT INTO "{table}_idx" (run, key, ts, rid) SELECT ?1, value ->> 0, value ->> 1, ?2 + key '
-            "FROM json_each(?3) ORDER BY 2, 3, 4",
-            (run, base, _ENCODE.encode([(key, ts) for key, ts, _ in rows])),
+            f'INSERT INTO "{table}_idx" (run, key, ts, rid) '
+            "SELECT ?1, value ->> 0, value ->> 1, ?2 + (value ->> 2) FROM json_each(?3)",
+            (run, base, rows.entries),
         )
         db.execute(
             f'INSERT INTO "{table}_runs" (run, size_class, entries) VALUES (?, ?, ?)',
-            (run, self._size_class(len(rows)), len(rows)),
+            (run, self._size_class(rows.count), rows.count),
         )
-        self._compact(db, table, max(MIN_MOVE, MOVE_FACTOR * len(rows)))
+        self._compact(db, table, max(MIN_MOVE, MOVE_FACTOR * rows.count))
 
     def _size_class(self, entries: int) -> int:
         """``c`` such that ``fanout**c <= entries < fanout**(c+1)`` (0 for an empty run)."""
@@ -458,6 +465,42 @@ class SQLiteStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A batch's rows as :meth:`SQLiteStore._insert_rows` passes them to SQLite."""
+
+    rows: bytes | list[str]
+    """JSON array of the row strings, in apply order; for large rows, the rows themselves."""
+    entries: bytes
+    """JSON array of ``[key, ts, position in rows]``, sorted as the index is."""
+    count: int
+
+
+def _prepare(rows: Sequence[Row]) -> _Prepared:
+    """Check, encode and sort a batch's rows: done before the write lock is taken."""
+    kinds = {(type(key), type(ts), type(data)) for key, ts, data in rows}
+    if not kinds <= _ROW_TYPES:  # JSON would carry any of them, silently changed: a bug upstream
+        raise TypeError(f"a row must be (str or int key, int event time, str row), not {sorted(map(str, kinds))}")
+    if len({key_type for key_type, _, _ in kinds}) > 1:
+        raise TypeError("the keys of one dataset are all str or all int, not both")
+    entries = sorted([(key, ts, i) for i, (key, ts, _) in enumerate(rows)])  # code point order = SQLite's BINARY
+    data = [data for _, _, data in rows]
+    encoded = _ENCODE.encode(data) if sum(map(len, data)) <= JSON_ROWS_MAX_CHARS else data
+    return _Prepared(encoded, _ENCODE.encode(entries), len(rows))
+
+
+def check_sqlite_library(version: tuple[int, int, int] = sqlite3.sqlite_version_info) -> None:
+    """Refuse an SQLite library too old for the store's SQL (``->>`` and built-in JSON: 3.38)."""
+    if version < MIN_SQLITE:
+        raise StoreConfigError(
+            "store URL",
+            f"the SQLite library Python uses is {'.'.join(map(str, version))}; the store needs "
+            f"{'.'.join(map(str, MIN_SQLITE))} or newer",
+            "Use a Python linked with a newer SQLite (Debian 12, Ubuntu 22.04, python.org builds and the "
+            "project's image have one), or a PostgreSQL store.",
+        )
 
 
 def _create_index(db: sqlite3.Connection, table: str) -> None:
