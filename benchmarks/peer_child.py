@@ -116,8 +116,12 @@ class Peer:
             f'INSERT INTO "{TABLE}" (rid, row) VALUES (?, ?)', [(base + i, r[2]) for i, r in enumerate(self.rows)]
         )
         run = db.execute(f'SELECT coalesce(max(run), 0) + 1 FROM "{TABLE}_runs"').fetchone()[0]
+        db.execute(
+            f'CREATE TABLE "{TABLE}_run{run}" (key NOT NULL, ts INTEGER NOT NULL, rid INTEGER NOT NULL, '
+            "PRIMARY KEY (key, ts, rid)) WITHOUT ROWID"
+        )
         db.executemany(
-            f'INSERT INTO "{TABLE}_idx" (run, key, ts, rid) VALUES ({run}, ?, ?, ?)',
+            f'INSERT INTO "{TABLE}_run{run}" (key, ts, rid) VALUES (?, ?, ?)',
             sorted((r[0], r[1], base + i) for i, r in enumerate(self.rows)),
         )
         db.execute(f'INSERT INTO "{TABLE}_runs" (run, size_class, entries) VALUES (?, 0, ?)', (run, len(self.rows)))

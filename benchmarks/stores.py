@@ -1,6 +1,6 @@
 """Prefilled stores for the benchmarks, cached on disk so that re-runs do not prefill again.
 
-* SQLite: ``<cache>/sqlite-runs-<rows>.db`` is filled once through the store's own ``apply`` (as
+* SQLite: ``<cache>/sqlite-runtables-<rows>.db`` is filled once through the store's own ``apply`` (as
   months of ingestion would leave it) and never written again; each benchmark invocation
   works on one copy of it.
 * PostgreSQL: a cluster in ``<cache>/pg`` (``initdb`` once, run as the ``postgres`` OS user
@@ -24,7 +24,7 @@ from urllib.parse import quote
 from processor import prefill
 
 PREFILL_SEED: Final = 20240502
-SQLITE_LAYOUT: Final = "runs"
+SQLITE_LAYOUT: Final = "runtables"
 """Part of the cached file's name: a store written by an older layout is prefilled again, not upgraded."""
 PG_USER: Final = "bench"
 PG_PASSWORD: Final = "bench-only-on-127.0.0.1"
@@ -71,10 +71,11 @@ def with_peer_table(path: Path) -> None:
         "CREATE TABLE peer_clicks (rid INTEGER PRIMARY KEY, user_id TEXT NOT NULL, ts INTEGER NOT NULL, "
         "row TEXT NOT NULL)"
     )
-    db.execute(  # an entry is in two runs while a merge copies it: the first one wins
-        "INSERT OR IGNORE INTO peer_clicks (rid, user_id, ts, row) SELECT i.rid, i.key, i.ts, r.row "
-        "FROM ds_SourcedClick_v1_idx AS i JOIN ds_SourcedClick_v1 AS r ON r.rid = i.rid"
-    )
+    for (run,) in db.execute("SELECT run FROM ds_SourcedClick_v1_runs").fetchall():
+        db.execute(  # an entry is in two runs while a merge copies it: the first one wins
+            "INSERT OR IGNORE INTO peer_clicks (rid, user_id, ts, row) SELECT i.rid, i.key, i.ts, r.row "
+            f"FROM ds_SourcedClick_v1_run{run} AS i JOIN ds_SourcedClick_v1 AS r ON r.rid = i.rid"
+        )
     db.execute("CREATE INDEX peer_clicks_by_key ON peer_clicks (user_id, ts)")
     db.execute("COMMIT")
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -286,7 +286,8 @@ class Bench:
             raise RuntimeError(f"the peer wrote {added} rows, expected {workload.accepted}")
         db.execute("BEGIN IMMEDIATE")
         if layout != "plain":
-            db.execute('DELETE FROM "ds_SourcedClick_v1_idx" WHERE run > ?', (last_run,))
+            for (run,) in db.execute('SELECT run FROM "ds_SourcedClick_v1_runs" WHERE run > ?', (last_run,)).fetchall():
+                db.execute(f'DROP TABLE "ds_SourcedClick_v1_run{run}"')
             db.execute('DELETE FROM "ds_SourcedClick_v1_runs" WHERE run > ?', (last_run,))
         db.execute(f'DELETE FROM "{table}" WHERE rid > ?', (before,))
         db.execute("COMMIT")

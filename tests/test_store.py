@@ -211,8 +211,14 @@ def test_lookups_span_index_runs_and_ties_follow_apply_order(tmp_path: Path) -> 
     runs = raw.execute("SELECT size_class, entries, merging_into FROM ds_ClickEvent_v1_runs ORDER BY run").fetchall()
     # the two runs of 2 merged into one of 4 (class 2); the two runs of 1 merged into one of 2 (class 1)
     assert runs == [(2, 4, None), (1, 2, None)]
-    entries = raw.execute("SELECT key, ts, rid FROM ds_ClickEvent_v1_idx ORDER BY run, key, ts, rid").fetchall()
+    entries = index_entries(raw, "ds_ClickEvent_v1")
     assert len(entries) == len(set(entries)) == 6
+
+
+def index_entries(raw: sqlite3.Connection, table: str) -> list[tuple[object, int, int]]:
+    """Every ``(key, ts, rid)`` of every index run of ``table``, run by run."""
+    runs = [run for (run,) in raw.execute(f"SELECT run FROM {table}_runs ORDER BY run")]
+    return [entry for run in runs for entry in raw.execute(f"SELECT key, ts, rid FROM {table}_run{run}")]
 
 
 def _reference(applied: list[tuple[str, int, int, str]], key: str, at: int) -> str | None:
@@ -245,9 +251,12 @@ def test_index_runs_stay_few_and_lookups_match_a_brute_force_reference(tmp_path:
         assert db.apply(SCHEMA, Batch("s", state(n, T0), rows), expect) is None
         expect = state(n, T0)
         applied += [(k, ts, len(applied) + i, data) for i, (k, ts, data) in enumerate(rows)]  # type: ignore[misc]
-        indexed = raw.execute("SELECT count(*), count(DISTINCT rid) FROM ds_ClickEvent_v1_idx").fetchone()
-        assert indexed[1] == len(applied)
-        (runs,) = raw.execute("SELECT count(*) FROM ds_ClickEvent_v1_runs").fetchone()
+        indexed = index_entries(raw, "ds_ClickEvent_v1")
+        assert len({rid for _, _, rid in indexed}) == len(applied)
+        listed = raw.execute("SELECT run, entries FROM ds_ClickEvent_v1_runs").fetchall()
+        for run, entries in listed:  # the bookkeeping matches the tables
+            assert raw.execute(f"SELECT count(*) FROM ds_ClickEvent_v1_run{run}").fetchone()[0] == entries
+        runs = len(listed)
         most_runs = max(most_runs, runs)
         classes = len(f"{len(applied):b}")  # a generous bound on the number of size classes
         assert runs <= (2 * fanout + 1) * classes
@@ -256,8 +265,10 @@ def test_index_runs_stay_few_and_lookups_match_a_brute_force_reference(tmp_path:
                 key, at = rng.choice(keys), us(T0 + timedelta(seconds=rng.randrange(-10, 610)))
                 assert db.lookup(SCHEMA, key, at) == _reference(applied, key, at)
     assert most_runs < 160  # merging really happened
-    merged = raw.execute("SELECT count(*) FROM ds_ClickEvent_v1_idx").fetchone()[0]
-    assert merged < 2 * len(applied)
+    assert len(index_entries(raw, "ds_ClickEvent_v1")) < 2 * len(applied)
+    tables = {name for (name,) in raw.execute("SELECT name FROM sqlite_master WHERE name LIKE '%_run%'")}
+    live = {f"ds_ClickEvent_v1_run{run}" for (run,) in raw.execute("SELECT run FROM ds_ClickEvent_v1_runs")}
+    assert tables == live | {"ds_ClickEvent_v1_runs"}  # every merged run was dropped
     db.close()
 
 

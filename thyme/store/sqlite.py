@@ -7,16 +7,18 @@ takes ~32k rows/s; a recent tier merged into one main tier fell from 85k to 40k 
 
 * ``ds_<name>_v<version>``: the rows, append-only, ``rid`` = apply order (which within a
   shard is stream order, and breaks ties between equal event times).
-* ``…_idx``: the ``(key, ts, rid)`` index as sorted *runs*, one clustered ``WITHOUT ROWID``
-  table keyed ``(run, key, ts, rid)``. Each batch writes its entries as a new run, sorted, so
-  they land on a few fresh pages instead of all over a large index. ``…_runs`` lists the runs
-  with their sizes. Size-tiered compaction keeps the number of runs small: when ``fanout``
-  runs of one size class exist, they are merged into one run of the next class, in key order,
-  a slice per write (each write moves up to twice its own entries per merge in progress), so
-  no transaction grows with the store and the index is rewritten ~log_fanout(rows / batch)
-  times in all, always sequentially. A merge copies entries before it deletes its sources, so
-  while it runs an entry may be found in two runs: harmless, both answer the same. A lookup
-  reads the run list and probes every run (one index seek each) in one read transaction.
+* ``…_run<n>``: the ``(key, ts, rid)`` index as sorted *runs*, each a clustered ``WITHOUT
+  ROWID`` table. Each batch writes its entries, sorted, as a new run, so they are appended to
+  a fresh table instead of landing all over a large index. ``…_runs`` lists the runs with
+  their sizes. Size-tiered compaction keeps the number of runs small: when ``fanout`` runs of
+  one size class exist, they are merged into one new run of the next class, in key order, a
+  slice per write (each write moves up to twice its own entries per merge in progress), so no
+  transaction grows with the store and each entry is rewritten ~log_fanout(rows / batch)
+  times in all, always appended. A merged run is dropped whole (``DROP TABLE`` frees its
+  pages; deleting its entries one by one cost as much as writing them). A merge copies
+  entries before its sources go, so while it runs an entry may be found in two runs:
+  harmless, both answer the same. A lookup reads the run list and probes every run (one
+  index seek each) in one read transaction.
 * ``thyme_shards``: per (dataset, shard) the last applied position, the watermark, counters.
 * ``thyme_dead_letters``: rejected records with their raw bytes and reason.
 * ``thyme_datasets``: the schema each dataset version was created with.
@@ -218,7 +220,7 @@ class SQLiteStore:
                     f"(@dataset(version={schema.version + 1})) to store the new fields separately."
                 )
             else:
-                _upgrade_tiers(db, table_name(schema), self._size_class)
+                _upgrade_index(db, table_name(schema), self._size_class)
         self._known.add(ident)
 
     # -- shards -----------------------------------------------------------------------------
@@ -315,10 +317,11 @@ class SQLiteStore:
         else:  # large rows: one at a time, no second copy of them in memory
             db.executemany(f'INSERT INTO "{table}" (rid, row) VALUES (?, ?)', zip(itertools.count(base), rows.rows))
         run = db.execute(f'SELECT coalesce(max(run), 0) + 1 FROM "{table}_runs"').fetchone()[0]
+        _create_run(db, table, run)
         db.execute(
-            f'INSERT INTO "{table}_idx" (run, key, ts, rid) '
-            "SELECT ?1, value ->> 0, value ->> 1, ?2 + (value ->> 2) FROM json_each(?3)",
-            (run, base, rows.entries),
+            f'INSERT INTO "{table}_run{run}" (key, ts, rid) '
+            "SELECT value ->> 0, value ->> 1, ?1 + (value ->> 2) FROM json_each(?2)",
+            (base, rows.entries),
         )
         db.execute(
             f'INSERT INTO "{table}_runs" (run, size_class, entries) VALUES (?, ?, ?)',
@@ -358,6 +361,7 @@ class SQLiteStore:
                 (target, size_class, self._fanout),
             )
             db.execute(f"INSERT INTO {runs} (run, size_class, entries) VALUES (?, ?, 0)", (target, size_class + 1))
+            _create_run(db, table, target)
         merging: dict[int, list[int]] = {}
         for run, target in db.execute(
             f"SELECT run, merging_into FROM {runs} WHERE merging_into IS NOT NULL ORDER BY run"
@@ -368,28 +372,24 @@ class SQLiteStore:
 
     def _merge_step(self, db: sqlite3.Connection, table: str, target: int, sources: list[int], budget: int) -> None:
         """Copy the next ``budget`` entries of ``sources`` (after the target's last one) into the
-        target, in key order (SQLite merges the sorted runs: no sort); finish when they run out."""
-        idx = f'"{table}_idx"'
-        last = db.execute(
-            f"SELECT key, ts, rid FROM {idx} WHERE run = ? ORDER BY key DESC, ts DESC, rid DESC LIMIT 1", (target,)
-        ).fetchone()
-        after = "" if last is None else " AND (key, ts, rid) > (?2, ?3, ?4)"
-        arms = " UNION ALL ".join(f"SELECT key, ts, rid FROM {idx} WHERE run = {int(s)}{after}" for s in sources)
+        target, in key order (SQLite merges the sorted runs: no sort); when they run out, drop them."""
+        into = f'"{table}_run{int(target)}"'
+        last = db.execute(f"SELECT key, ts, rid FROM {into} ORDER BY key DESC, ts DESC, rid DESC LIMIT 1").fetchone()
+        after = "" if last is None else " WHERE (key, ts, rid) > (?2, ?3, ?4)"
+        arms = " UNION ALL ".join(f'SELECT key, ts, rid FROM "{table}_run{int(s)}"{after}' for s in sources)
         moved = db.execute(
-            f"INSERT INTO {idx} (run, key, ts, rid) SELECT ?5, key, ts, rid "
-            f"FROM ({arms} ORDER BY key, ts, rid LIMIT ?1)",
-            (budget, *(last or (None, None, None)), target),
+            f"INSERT INTO {into} (key, ts, rid) SELECT key, ts, rid FROM ({arms} ORDER BY key, ts, rid LIMIT ?1)",
+            (budget, *(last or ())),
         ).rowcount
         runs = f'"{table}_runs"'
         if moved < budget:  # the sources are used up: they go, the target is a run like any other
-            marks = ",".join("?" * len(sources))
-            db.execute(f"DELETE FROM {idx} WHERE run IN ({marks})", sources)
-            db.execute(f"DELETE FROM {runs} WHERE run IN ({marks})", sources)
-            (entries,) = db.execute(f"SELECT count(*) FROM {idx} WHERE run = ?", (target,)).fetchone()
-            db.execute(
-                f"UPDATE {runs} SET entries = ?, size_class = ? WHERE run = ?",
-                (entries, self._size_class(entries), target),
-            )
+            for source in sources:
+                db.execute(f'DROP TABLE "{table}_run{int(source)}"')
+            db.execute(f"DELETE FROM {runs} WHERE run IN ({','.join('?' * len(sources))})", sources)
+            (entries,) = db.execute(
+                f"UPDATE {runs} SET entries = entries + ? WHERE run = ? RETURNING entries", (moved, target)
+            ).fetchone()
+            db.execute(f"UPDATE {runs} SET size_class = ? WHERE run = ?", (self._size_class(entries), target))
         else:
             db.execute(f"UPDATE {runs} SET entries = entries + ? WHERE run = ?", (moved, target))
 
@@ -417,11 +417,11 @@ class SQLiteStore:
             for start in range(0, len(runs), LOOKUP_ARMS):
                 part = runs[start : start + LOOKUP_ARMS]
                 arms = " UNION ALL ".join(
-                    f'SELECT * FROM (SELECT ts, rid FROM "{table}_idx" WHERE run = ?{n} AND key = ?1 AND ts <= ?2 '
+                    f'SELECT * FROM (SELECT ts, rid FROM "{table}_run{int(run)}" WHERE key = ?1 AND ts <= ?2 '
                     "ORDER BY ts DESC, rid DESC LIMIT 1)"
-                    for n in range(3, 3 + len(part))
+                    for run in part
                 )
-                found = db.execute(f"{arms} ORDER BY ts DESC, rid DESC LIMIT 1", (key, at_us, *part)).fetchone()
+                found = db.execute(f"{arms} ORDER BY ts DESC, rid DESC LIMIT 1", (key, at_us)).fetchone()
                 if found is not None and (best is None or found > best):
                     best = (found[0], found[1])
             if best is None:
@@ -505,18 +505,21 @@ def check_sqlite_library(version: tuple[int, int, int] = sqlite3.sqlite_version_
 
 def _create_index(db: sqlite3.Connection, table: str) -> None:
     db.execute(
-        f'CREATE TABLE IF NOT EXISTS "{table}_idx" (run INTEGER NOT NULL, key NOT NULL, ts INTEGER NOT NULL, '
-        "rid INTEGER NOT NULL, PRIMARY KEY (run, key, ts, rid)) WITHOUT ROWID"
-    )
-    db.execute(
         f'CREATE TABLE IF NOT EXISTS "{table}_runs" (run INTEGER PRIMARY KEY, size_class INTEGER NOT NULL, '
         "entries INTEGER NOT NULL, merging_into INTEGER)"
     )
 
 
-def _upgrade_tiers(db: sqlite3.Connection, table: str, size_class: Callable[[int], int]) -> None:
+def _create_run(db: sqlite3.Connection, table: str, run: int) -> None:
+    db.execute(
+        f'CREATE TABLE "{table}_run{int(run)}" (key NOT NULL, ts INTEGER NOT NULL, rid INTEGER NOT NULL, '
+        "PRIMARY KEY (key, ts, rid)) WITHOUT ROWID"
+    )
+
+
+def _upgrade_index(db: sqlite3.Connection, table: str, size_class: Callable[[int], int]) -> None:
     """A file written before the index had runs has two tiers, ``…_main`` and ``…_recent``,
-    each already in ``(key, ts, rid)`` order: each becomes one run (once, on first open)."""
+    each a table like a run: each becomes one run (renamed once, on first open)."""
     tiers = [
         name
         for (name,) in db.execute(
@@ -530,16 +533,12 @@ def _upgrade_tiers(db: sqlite3.Connection, table: str, size_class: Callable[[int
     run = db.execute(f'SELECT coalesce(max(run), 0) FROM "{table}_runs"').fetchone()[0]
     for tier in sorted(tiers):  # main, then recent
         run += 1
-        moved = db.execute(
-            f'INSERT INTO "{table}_idx" (run, key, ts, rid) SELECT ?, key, ts, rid FROM "{tier}" ORDER BY key, ts, rid',
-            (run,),
-        ).rowcount
-        if moved:
-            db.execute(
-                f'INSERT INTO "{table}_runs" (run, size_class, entries) VALUES (?, ?, ?)',
-                (run, size_class(moved), moved),
-            )
-        db.execute(f'DROP TABLE "{tier}"')
+        db.execute(f'ALTER TABLE "{tier}" RENAME TO "{table}_run{run}"')
+        (entries,) = db.execute(f'SELECT count(*) FROM "{table}_run{run}"').fetchone()
+        db.execute(
+            f'INSERT INTO "{table}_runs" (run, size_class, entries) VALUES (?, ?, ?)',
+            (run, size_class(entries), entries),
+        )
 
 
 def _state(sequence: str | None, sub: int | None, watermark: int | None, ended: int) -> ShardState:
