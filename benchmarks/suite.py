@@ -286,8 +286,10 @@ class Bench:
             raise RuntimeError(f"the peer wrote {added} rows, expected {workload.accepted}")
         db.execute("BEGIN IMMEDIATE")
         if layout != "plain":
-            for (run,) in db.execute('SELECT run FROM "ds_SourcedClick_v1_runs" WHERE run > ?', (last_run,)).fetchall():
-                db.execute(f'DROP TABLE "ds_SourcedClick_v1_run{run}"')
+            for (peer_run,) in db.execute(
+                'SELECT run FROM "ds_SourcedClick_v1_runs" WHERE run > ?', (last_run,)
+            ).fetchall():
+                db.execute(f'DROP TABLE "ds_SourcedClick_v1_run{peer_run}"')
             db.execute('DELETE FROM "ds_SourcedClick_v1_runs" WHERE run > ?', (last_run,))
         db.execute(f'DELETE FROM "{table}" WHERE rid > ?', (before,))
         db.execute("COMMIT")
