@@ -437,8 +437,12 @@ def test_an_sqlite_library_too_old_for_the_store_is_refused_with_the_fix() -> No
     from thyme.store.sqlite import check_sqlite_library
 
     check_sqlite_library()  # the one this Python has
-    with pytest.raises(StoreConfigError, match=r"3\.31\.1; the store needs 3\.38\.0 or newer.*PostgreSQL"):
+    with pytest.raises(
+        StoreConfigError, match=r"\(3\.31\.1\) is too old; the store needs 3\.35\.0 or newer.*PostgreSQL"
+    ):
         check_sqlite_library((3, 31, 1))
+    with pytest.raises(StoreConfigError, match="built without the JSON functions"):
+        check_sqlite_library((3, 37, 2), json=False)
 
 
 def test_a_batch_of_large_rows_is_stored_exactly(store: Store) -> None:

@@ -71,8 +71,9 @@ LOOKUP_ARMS: Final = 200
 JSON_ROWS_MAX_CHARS: Final = 4 * 2**20
 """A batch's rows go to SQLite as one JSON array up to this size (a 10,000 x 200 B batch is ~2 MB);
 larger ones row by row, which costs nothing per byte and keeps a 10 MiB batch from being copied twice."""
-MIN_SQLITE: Final = (3, 38, 0)
-"""``->>`` and JSON functions always built in (3.38); ``RETURNING`` (3.35)."""
+MIN_SQLITE: Final = (3, 35, 0)
+"""``RETURNING`` (3.35); the JSON functions must be built in (they are by default since 3.38, and
+in the usual builds before)."""
 CACHE_KIB: Final = 32 * 1024
 """SQLite page cache per connection; bounds the child's memory."""
 WAL_AUTOCHECKPOINT_PAGES: Final = 10_000
@@ -127,7 +128,7 @@ class SQLiteStore:
     ) -> None:
         if fanout < 2:
             raise ValueError(f"fanout must be at least 2, not {fanout}")
-        check_sqlite_library()
+        check_sqlite_library(json=_has_json())
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
         self._busy_timeout_ms = busy_timeout_ms
@@ -320,7 +321,8 @@ class SQLiteStore:
         _create_run(db, table, run)
         db.execute(
             f'INSERT INTO "{table}_run{run}" (key, ts, rid) '
-            "SELECT value ->> 0, value ->> 1, ?1 + (value ->> 2) FROM json_each(?2)",
+            "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), ?1 + json_extract(value, '$[2]') "
+            "FROM json_each(?2)",
             (base, rows.entries),
         )
         db.execute(
@@ -491,16 +493,28 @@ def _prepare(rows: Sequence[Row]) -> _Prepared:
     return _Prepared(encoded, _ENCODE.encode(entries), len(rows))
 
 
-def check_sqlite_library(version: tuple[int, int, int] = sqlite3.sqlite_version_info) -> None:
-    """Refuse an SQLite library too old for the store's SQL (``->>`` and built-in JSON: 3.38)."""
-    if version < MIN_SQLITE:
+def check_sqlite_library(version: tuple[int, int, int] = sqlite3.sqlite_version_info, json: bool = True) -> None:
+    """Refuse an SQLite library the store's SQL cannot run on: older than 3.35, or built without
+    the JSON functions (``json`` is whether this one has them)."""
+    if version < MIN_SQLITE or not json:
+        missing = "is built without the JSON functions" if version >= MIN_SQLITE else "is too old"
         raise StoreConfigError(
             "store URL",
-            f"the SQLite library Python uses is {'.'.join(map(str, version))}; the store needs "
-            f"{'.'.join(map(str, MIN_SQLITE))} or newer",
-            "Use a Python linked with a newer SQLite (Debian 12, Ubuntu 22.04, python.org builds and the "
-            "project's image have one), or a PostgreSQL store.",
+            f"the SQLite library Python uses ({'.'.join(map(str, version))}) {missing}; the store needs "
+            f"{'.'.join(map(str, MIN_SQLITE))} or newer with JSON",
+            "Use a Python linked with a usual SQLite build (Debian 12, Ubuntu 22.04 and 24.04, python.org "
+            "builds and the project's image have one), or a PostgreSQL store.",
         )
+
+
+def _has_json() -> bool:
+    probe = sqlite3.connect(":memory:")
+    try:
+        return bool(probe.execute("SELECT json_extract('[1]', '$[0]')").fetchone()[0] == 1)
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        probe.close()
 
 
 def _create_index(db: sqlite3.Connection, table: str) -> None:
