@@ -611,8 +611,6 @@ class Bench:
     def sustained(self, out: dict[str, Any]) -> None:
         """The store's apply alone over a long stream from 5M rows, so that the figure includes
         every merge the stream triggers (a run of 20 batches may fall between two large ones)."""
-        from thyme.store import open_store
-
         workload = self.workload()
         per_round = workload.accepted
         rounds = max(1, (1_000_000 if self.args.quick else 7_000_000) // per_round)
@@ -620,16 +618,7 @@ class Bench:
         log(f"  sustained: the store's apply alone, {rounds * per_round:,} rows onto the 5M store ...")
         rates = self.store_alone(url, workload, self.shard("sustained"), rounds)
         overall = len(rates) / sum(1 / r for r in rates)  # rows/s over the whole stream
-        store = open_store(url)
-        try:
-            from tests.factories import SourcedClick
-            from thyme.dataset import dataset_schema
-
-            schema = dataset_schema(SourcedClick)
-            assert schema is not None
-            rows = store.count_rows(schema)
-        finally:
-            store.close()
+        rows = self.counts(url)[0]
         out["sustained"] = {
             "rows_applied": rounds * per_round,
             "rows_after": rows,

@@ -30,6 +30,7 @@ a committed batch survives a power cut, because the KCL checkpoint is taken afte
 
 from __future__ import annotations
 
+import functools
 import itertools
 import sqlite3
 import time
@@ -507,6 +508,7 @@ def check_sqlite_library(version: tuple[int, int, int] = sqlite3.sqlite_version_
         )
 
 
+@functools.cache
 def _has_json() -> bool:
     probe = sqlite3.connect(":memory:")
     try:
