@@ -141,6 +141,13 @@ def test_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     )
     with pytest.raises(StoreConfigError, match="unknown SQLite option"):
         open_store("sqlite:///x.db?journal=off")
+    with pytest.raises(StoreConfigError, match="unknown SQLite option merge_rows"):  # the two-tier index's
+        open_store("sqlite:///x.db?merge_rows=200000")
+    with pytest.raises(StoreConfigError) as fanout:
+        open_store("sqlite:///x.db?fanout=1")
+    assert (
+        str(fanout.value) == "store URL fanout: must be a whole number of at least 2 (got '1'). For example ?fanout=8."
+    )
     assert redact_url("postgresql://u:p%40ss@h:5432/d") == "postgresql://u:***@h:5432/d"
     assert redact_url("sqlite:///a.db") == "sqlite:///a.db"
 
