@@ -246,12 +246,14 @@ class Prefill:
 def prefill(url: str, rows: int, seed: int) -> Prefill:
     """Fill the store at ``url`` with ``rows`` rows of past clicks through the store's own
     ``apply``, so its tables and indexes are as months of ingestion would have left them."""
+    from tests.factories import feed_of
     from thyme.store import Batch, Position, ShardState, open_store
 
     started = time.perf_counter()
     store = open_store(url)
     schema = _schema()
-    store.ensure_dataset(schema)
+    feed = feed_of(schema)
+    store.ensure_feed(feed)
     rng = random.Random(seed)
     users = [f"user-{rng.getrandbits(64):016x}" for _ in range(max(1, rows // 4))]
     first_ms = T0_MS - rows * 10
@@ -274,7 +276,7 @@ def prefill(url: str, rows: int, seed: int) -> Prefill:
         stop = min(rows, start + chunk)
         state = ShardState(Position(stop), first_ms * 1000)
         batch = Batch("prefill", state, list(generated(start, stop)))
-        if store.apply(schema, batch, expect) is not None:
+        if store.apply(feed, batch, expect) is not None:
             raise BenchmarkError("the prefill shard's state changed under the prefill")
         expect = state
         print(f"  prefill: {stop:,} rows, {time.perf_counter() - started:.0f} s", flush=True)

@@ -25,10 +25,10 @@ def build_worker(config: ProcessorConfig) -> ShardWorker:
     parents = None
     if config.lease_table and config.region:
         parents = parent_watermark_from_leases(
-            store, config.dataset, config.lease_table, config.region, config.dynamodb_endpoint_url
+            store, config.feed, config.lease_table, config.region, config.dynamodb_endpoint_url
         )
     return ShardWorker(
-        config.dataset,
+        config.feed,
         LatenessPolicy(config.max_lateness, config.max_future_skew),
         store,
         RetryPolicy(give_up_after_s=config.retry_give_up_after_s),

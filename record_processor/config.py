@@ -18,6 +18,7 @@ from record_processor.metrics import DEFAULT_NAMESPACE
 from thyme.connectors.source import source_spec
 from thyme.dataset import DatasetSchema, dataset_schema
 from thyme.errors import ConfigError, LoadError
+from thyme.store.base import Feed
 
 
 class ProcessorConfig(BaseModel):
@@ -27,6 +28,8 @@ class ProcessorConfig(BaseModel):
 
     dataset: DatasetSchema
     """The dataset the shard's records are written to."""
+    stream: str
+    """The stream's ARN: shard state and dead letters are kept per dataset version and stream."""
     max_lateness_ms: int | None = None
     """``@source(max_lateness=...)`` in milliseconds; None: nothing is late."""
     max_future_skew_ms: int = 3_600_000
@@ -44,6 +47,10 @@ class ProcessorConfig(BaseModel):
     metrics: Literal["emf", "off"] = "off"
     """``emf``: one CloudWatch Embedded Metric Format line per batch on stderr."""
     metrics_namespace: str = DEFAULT_NAMESPACE
+
+    @property
+    def feed(self) -> Feed:
+        return Feed(self.dataset, self.stream)
 
     @property
     def max_lateness(self) -> timedelta | None:
@@ -70,6 +77,7 @@ class ProcessorConfig(BaseModel):
             raise LoadError(f"{getattr(klass, '__name__', klass)} is not a @source(KinesisSource(...)) @dataset class")
         return cls(
             dataset=schema,
+            stream=spec.connector.stream_arn,
             max_lateness_ms=None if spec.max_lateness is None else spec.max_lateness // timedelta(milliseconds=1),
             max_future_skew_ms=spec.max_future_skew // timedelta(milliseconds=1),
             store_url=store_url,

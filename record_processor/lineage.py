@@ -10,14 +10,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from thyme.dataset import DatasetSchema
-from thyme.store.base import Store
+from thyme.store.base import Feed, Store
 
 log = logging.getLogger("record_processor.lineage")
 
 
 def parent_watermark_from_leases(
-    store: Store, schema: DatasetSchema, table: str, region: str, endpoint_url: str | None
+    store: Store, feed: Feed, table: str, region: str, endpoint_url: str | None
 ) -> Callable[[str], int | None]:
     """A function giving the greatest stored watermark among a shard's parents (None if none)."""
 
@@ -34,7 +33,7 @@ def parent_watermark_from_leases(
             )
             return None
         parents = sorted(item.get("parentShardId", {}).get("SS", []))
-        marks = [s.watermark_us for p in parents if (s := store.shard_state(schema, p)) is not None]
+        marks = [s.watermark_us for p in parents if (s := store.shard_state(feed, p)) is not None]
         found = [m for m in marks if m is not None]
         log.info(
             "parents found", extra={"fields": {"parents": parents, "inherited_watermark_us": max(found, default=None)}}

@@ -26,9 +26,8 @@ from typing import TypeVar
 from record_processor.decode import INVALID_BASE64, RecordDecoder
 from record_processor.envelope import InputRecord
 from record_processor.lateness import LatenessPolicy
-from thyme.dataset import DatasetSchema
 from thyme.errors import StoreUnavailableError
-from thyme.store.base import Batch, DeadLetter, Position, Row, ShardState, Store
+from thyme.store.base import Batch, DeadLetter, Feed, Position, Row, ShardState, Store
 
 log = logging.getLogger("record_processor")
 T = TypeVar("T")
@@ -72,7 +71,7 @@ class ShardWorker:
 
     def __init__(
         self,
-        schema: DatasetSchema,
+        feed: Feed,
         lateness: LatenessPolicy,
         store: Store,
         retry: RetryPolicy | None = None,
@@ -81,11 +80,12 @@ class ShardWorker:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.schema = schema
+        self.feed = feed
+        self.schema = feed.dataset
         self.lateness = lateness
         self.store = store
         self.retry = retry or RetryPolicy()
-        self.decoder = RecordDecoder(schema)
+        self.decoder = RecordDecoder(feed.dataset)
         self._parent_watermark = parent_watermark
         self._clock = clock
         self._sleep = sleep
@@ -101,8 +101,8 @@ class ShardWorker:
         self.shard = shard
 
         def load() -> ShardState | None:
-            self.store.ensure_dataset(self.schema)
-            return self.store.shard_state(self.schema, shard)
+            self.store.ensure_feed(self.feed)
+            return self.store.shard_state(self.feed, shard)
 
         self.stored = self._retrying("initialize", load)
         if self.stored is None and self._parent_watermark is not None:
@@ -148,7 +148,7 @@ class ShardWorker:
                 return outcome  # nothing new: a replay or an empty batch
             writing = time.perf_counter()
             try:
-                conflict = self.store.apply(self.schema, batch, expect)
+                conflict = self.store.apply(self.feed, batch, expect)
             except StoreUnavailableError as exc:
                 store_seconds += time.perf_counter() - writing
                 self._backoff(started, attempts, exc)
@@ -174,7 +174,7 @@ class ShardWorker:
             # position and watermark are kept, never overwritten with this worker's older ones.
             state = self._base()
             ended = ShardState(position=state.position, watermark_us=state.watermark_us, ended=True)
-            conflict = self.store.apply(self.schema, Batch(self.shard, ended), self.stored)
+            conflict = self.store.apply(self.feed, Batch(self.shard, ended), self.stored)
             if conflict is not None:
                 self.stored = conflict.current
                 raise StoreUnavailableError("shard state changed while marking the shard ended")

@@ -11,6 +11,7 @@ from typing import Any
 from thyme import Field, dataset, field
 from thyme.connectors import KinesisSource, source
 from thyme.dataset import DatasetSchema, dataset_schema
+from thyme.store import Feed
 
 SEQ_BASE = 49_590_338_271_490_256_608_559_692_538_361_571_095_921_575_989_136_588_898
 
@@ -35,10 +36,19 @@ class Purchase:
     seen: Field[list[datetime]] = field()
 
 
+STREAM = "arn:aws:kinesis:us-east-1:123456789012:stream/clicks"
+"""The stream the store tests' feeds read (SourcedClick's)."""
+
+
 def schema_of(klass: type) -> DatasetSchema:
     schema = dataset_schema(klass)
     assert schema is not None
     return schema
+
+
+def feed_of(dataset: type | DatasetSchema, stream: str = STREAM) -> Feed:
+    """The feed of a dataset (class or schema) from ``stream``."""
+    return Feed(dataset if isinstance(dataset, DatasetSchema) else schema_of(dataset), stream)
 
 
 def seq(n: int) -> str:
@@ -73,7 +83,7 @@ def process_records(records: Iterable[dict[str, Any]], millis_behind: int = 0) -
 
 
 @source(
-    KinesisSource(stream_arn="arn:aws:kinesis:us-east-1:123456789012:stream/clicks", init_position="trim_horizon"),
+    KinesisSource(stream_arn=STREAM, init_position="trim_horizon"),
     max_lateness="5m",
 )
 @dataset(index=True)

@@ -24,8 +24,8 @@ import pytest
 
 from record_processor.decode import RecordDecoder
 from record_processor.lateness import LatenessPolicy
-from tests.badinput import HERE, T0, Case, load_corpus, record_cases, valid_record, write_app
-from tests.factories import b64, seq
+from tests.badinput import HERE, STREAM, T0, Case, load_corpus, record_cases, valid_record, write_app
+from tests.factories import b64, feed_of, seq
 from tests.test_protocol import checkpoint, checkpoint_reply, initialize, status
 from thyme.dataset import DatasetSchema, dataset_schema
 from thyme.loader import load_dataset
@@ -221,7 +221,7 @@ def check_store(store_url: str, schema: DatasetSchema, by_number: dict[int, Case
             assert json.loads(row)["n"] == n
         for case in accepted:
             assert store.lookup(schema, case.accepted_key, FAR_US) is not None, case.name
-        state = store.shard_state(schema, SHARD)
+        state = store.shard_state(feed_of(schema, STREAM), SHARD)
         assert state is not None
         assert state.position is not None
         assert str(state.position) == f"{seq(max([*by_number, *valid]))}/0"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from record_processor.config import ProcessorConfig
-from tests.factories import SourcedClick, schema_of
+from tests.factories import SourcedClick, feed_of, schema_of
 from thyme import Secret
 from thyme.connectors import KinesisSource
 from thyme.errors import ConfigError, SourceError
@@ -152,7 +152,7 @@ def make_plan(tmp_path: Path, record: Path) -> Plan:
     java.chmod(0o755)
     connection = KinesisSource(ARN, role_arn=ROLE).resolve()
     props = build_properties(connection, dataset="SourcedClick", python=sys.executable, worker_id="w")
-    config = ProcessorConfig(dataset=schema_of(SourcedClick), store_url=f"sqlite:///{tmp_path / 't.db'}")
+    config = ProcessorConfig(dataset=schema_of(SourcedClick), stream=ARN, store_url=f"sqlite:///{tmp_path / 't.db'}")
     return Plan(props, config, str(java), tmp_path, tmp_path / "logback.xml")
 
 
@@ -244,13 +244,12 @@ def test_dead_letters_command_lists_escaped_payloads(
     from thyme.store import Batch, DeadLetter, Position, ShardState, open_store
 
     url = f"sqlite:///{tmp_path / 't.db'}"
-    schema = schema_of(SourcedClick)
     store = open_store(url)
     letters = [
         DeadLetter("shardId-1", "11", 0, "pk", b"\xff\xfe\x1b[31m", "invalid_utf8", 5),
         DeadLetter("shardId-1", "12", 0, "pk", b'{"user_id": "u", "timestamp": 1}', "schema: page: missing", 6),
     ]
-    assert store.apply(schema, Batch("shardId-1", ShardState(Position(12)), [], letters), None) is None
+    assert store.apply(feed_of(SourcedClick), Batch("shardId-1", ShardState(Position(12)), [], letters), None) is None
     store.close()
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
     assert main(["kinesis", "dead-letters", "tests.factories:SourcedClick", "--store", url]) == 0

@@ -12,7 +12,7 @@ import pytest
 
 from record_processor.metrics import DEFAULT_NAMESPACE, METRIC_NAMES, EmfMetrics
 from record_processor.processor import BatchOutcome
-from tests.factories import process_records, record_message, seq
+from tests.factories import feed_of, process_records, record_message, seq
 from tests.test_protocol import ARRIVAL_MS, checkpoint_reply, exchange, initialize, start_child
 from thyme.cli import main
 from thyme.dataset import dataset_schema
@@ -197,7 +197,7 @@ from thyme.connectors import KinesisSource, source
 
 
 @source(KinesisSource(stream_arn="arn:aws:kinesis:us-east-1:000000000000:stream/clicks"), max_lateness="5m")
-@dataset(version={version})
+@dataset(index=True, version={version})
 class Clicks:
     user_id: Field[str] = field(key=True)
     page: Field[{page}] = field()
@@ -216,8 +216,11 @@ def test_dead_letters_list_and_redrive_against_the_fixed_dataset(
 ) -> None:
     v1 = tmp_path / "app_v1.py"
     v1.write_text(APP.format(version=1, page="str"))
+    # the fix: page made optional, which stored rows can follow, so the same version
+    fixed = tmp_path / "app_fixed.py"
+    fixed.write_text(APP.format(version=1, page="Optional[str]"))
     v2 = tmp_path / "app_v2.py"
-    v2.write_text(APP.format(version=2, page="Optional[str]"))
+    v2.write_text(APP.format(version=2, page="int"))
     url = f"sqlite:///{tmp_path / 'thyme.db'}"
     s1 = dataset_schema(load_dataset(f"{v1}:Clicks"))
     assert s1 is not None
@@ -230,8 +233,8 @@ def test_dead_letters_list_and_redrive_against_the_fixed_dataset(
         ),
     ]
     db = open_store(url)
-    assert db.apply(s1, Batch("shardId-0", ShardState(Position(2)), [], letters[:2]), None) is None
-    assert db.apply(s1, Batch("shardId-1", ShardState(Position(3)), [], letters[2:]), None) is None
+    assert db.apply(feed_of(s1), Batch("shardId-0", ShardState(Position(2)), [], letters[:2]), None) is None
+    assert db.apply(feed_of(s1), Batch("shardId-1", ShardState(Position(3)), [], letters[2:]), None) is None
     db.close()
 
     code, listed = run_cli(capsys, "kinesis", "dead-letters", f"{v1}:Clicks", "--store", url)  # the old form
@@ -257,27 +260,35 @@ def test_dead_letters_list_and_redrive_against_the_fixed_dataset(
         "still_failing": {"invalid_json": 1, "schema: page: missing": 1},
         "not_redriven": {"late": 1},
     }
-    # the fixed dataset (page optional, version 2): a dry run, then the re-drive, then again
-    _, (dry,) = run_cli(capsys, "kinesis", "dead-letters", "redrive", f"{v2}:Clicks", "--store", url, "--dry-run")
+    # the fixed dataset (page optional, same version): a dry run, then the re-drive, then again
+    _, (dry,) = run_cli(capsys, "kinesis", "dead-letters", "redrive", f"{fixed}:Clicks", "--store", url, "--dry-run")
     assert (dry["would_redrive"], dry["redriven"]) == (1, 0)
-    _, (done,) = run_cli(capsys, "kinesis", "dead-letters", "redrive", f"{v2}:Clicks", "--store", url)
+    _, (done,) = run_cli(capsys, "kinesis", "dead-letters", "redrive", f"{fixed}:Clicks", "--store", url)
     assert (done["redriven"], done["still_failing"], done["not_redriven"]) == (1, {"invalid_json": 1}, {"late": 1})
-    _, (again,) = run_cli(capsys, "kinesis", "dead-letters", "redrive", f"{v2}:Clicks", "--store", url)
+    _, (again,) = run_cli(capsys, "kinesis", "dead-letters", "redrive", f"{fixed}:Clicks", "--store", url)
     assert (again["examined"], again["redriven"]) == (2, 0)
-    found = lookup(load_dataset(f"{v2}:Clicks"), "u1", store=url)
+    found = lookup(load_dataset(f"{fixed}:Clicks"), "u1", store=url)
     assert found is not None
     assert found.page is None
     # late letters only when asked for by name
     _, (late,) = run_cli(
-        capsys, "kinesis", "dead-letters", "redrive", f"{v2}:Clicks", "--store", url, "--reason", "late"
+        capsys, "kinesis", "dead-letters", "redrive", f"{fixed}:Clicks", "--store", url, "--reason", "late"
     )
     assert late["redriven"] == 1
-    _, held = run_cli(capsys, "kinesis", "dead-letters", "list", f"{v2}:Clicks", "--store", url)
+    _, held = run_cli(capsys, "kinesis", "dead-letters", "list", f"{fixed}:Clicks", "--store", url)
     assert [d["reason"] for d in held] == ["invalid_json"]
     _, history = run_cli(
-        capsys, "kinesis", "dead-letters", "list", f"{v2}:Clicks", "--store", url, "--include-redriven"
+        capsys, "kinesis", "dead-letters", "list", f"{fixed}:Clicks", "--store", url, "--include-redriven"
     )
     assert [d["redriven_at_us"] is not None for d in history] == [True, False, True]
+    # the store now holds the widened shape: the old code still reads it (a rolling deploy)
+    old = lookup(load_dataset(f"{v1}:Clicks"), "u1", store=url)
+    assert old is not None
+    assert old.page is None
+    # a new version is a dataset of its own: none of version 1's dead letters, rows or state
+    _, nothing = run_cli(capsys, "kinesis", "dead-letters", "list", f"{v2}:Clicks", "--store", url)
+    assert nothing == []
+    assert lookup(load_dataset(f"{v2}:Clicks"), "u1", store=url) is None
 
 
 # -- the launcher's Prometheus endpoint ---------------------------------------------------------

@@ -25,12 +25,13 @@ from record_processor.kcl import EXIT_STORE_UNAVAILABLE, KclProcessor, kcl_proce
 from record_processor.lateness import LatenessPolicy
 from record_processor.log import JsonLines
 from record_processor.processor import RetryPolicy, ShardWorker
-from tests.factories import ClickEvent, process_records, record_message, schema_of, seq
+from tests.factories import ClickEvent, feed_of, process_records, record_message, schema_of, seq
 from thyme.errors import StoreUnavailableError
 from thyme.lookup import lookup
 from thyme.store import Store, open_store
 
 SCHEMA = schema_of(ClickEvent)
+FEED = feed_of(SCHEMA)
 SHARD = "shardId-000000000001"
 T0 = datetime(2024, 5, 1, 12, tzinfo=UTC)
 ARRIVAL_MS = int(T0.timestamp() * 1000) + 60_000
@@ -61,7 +62,7 @@ def checkpoint(sequence: str | None, sub: int | None) -> dict[str, Any]:
 
 def drive(store: Store, lines: list[str], retry: RetryPolicy | None = None) -> list[dict[str, Any]]:
     """Run the kclpy loop over ``lines``; return every message the child wrote to stdout."""
-    worker = ShardWorker(SCHEMA, LatenessPolicy(timedelta(minutes=5), timedelta(hours=1)), store, retry)
+    worker = ShardWorker(FEED, LatenessPolicy(timedelta(minutes=5), timedelta(hours=1)), store, retry)
     stdin, stdout, stderr = io.StringIO("\n".join(lines) + "\n"), io.StringIO(), io.StringIO()
     context: dict[str, object] = {"component": "record_processor"}
     handler = logging.StreamHandler(stderr)
@@ -135,7 +136,7 @@ def test_full_lifecycle_exact_replies_and_store(store: Store) -> None:
     } == dict.fromkeys(("u1", "ms", "ns", "kpl0", "kpl2"), True)
     assert lookup(ClickEvent, "u1", store=store).page == "/b"  # type: ignore[union-attr]
     assert lookup(ClickEvent, "u1", at=T0 + timedelta(minutes=1), store=store).page == "/a"  # type: ignore[union-attr]
-    state = store.shard_state(SCHEMA, SHARD)
+    state = store.shard_state(FEED, SHARD)
     assert state is not None
     assert state.ended
     assert str(state.position) == f"{seq(13)}/2"

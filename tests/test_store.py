@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.factories import ClickEvent, schema_of
+from tests.factories import ClickEvent, feed_of, schema_of
 from thyme.errors import SchemaChangedError, StoreConfigError, StoreUnavailableError
 from thyme.lookup import lookup
 from thyme.store import (
@@ -27,6 +27,8 @@ from thyme.store import (
 )
 
 SCHEMA = schema_of(ClickEvent)
+FEED = feed_of(SCHEMA)
+OTHER = feed_of(SCHEMA, "arn:aws:kinesis:us-east-1:123456789012:stream/other")
 T0 = datetime(2024, 5, 1, 12, tzinfo=UTC)
 
 
@@ -51,7 +53,7 @@ def test_lookup_as_of_ties_and_missing(store: Store) -> None:
         row("u1", "/old", T0 - timedelta(minutes=1)),  # arrives later, older event time
         row("u2", "/x", T0),
     ]
-    assert store.apply(SCHEMA, Batch("shard-0", state(5, T0), rows), None) is None
+    assert store.apply(FEED, Batch("shard-0", state(5, T0), rows), None) is None
 
     def at(key: str, moment: datetime | None = None) -> str | None:
         found = lookup(ClickEvent, key, at=moment, store=store)
@@ -73,25 +75,25 @@ def test_apply_is_compare_and_set_and_replays_change_nothing(store: Store) -> No
     first = Batch(
         "s", state(10, T0), [row("u1", "/a", T0)], [DeadLetter("s", "9", 0, "pk", b"\xff", "invalid_utf8", 1)]
     )
-    assert store.apply(SCHEMA, first, None) is None
+    assert store.apply(FEED, first, None) is None
     # the same batch again, computed from the old state: refused, nothing written
-    conflict = store.apply(SCHEMA, first, None)
+    conflict = store.apply(FEED, first, None)
     assert conflict == Conflict(state(10, T0))
     assert store.count_rows(SCHEMA) == 1
     assert store.dead_letter_counts(SCHEMA) == {"invalid_utf8": 1}
-    assert store.shard_state(SCHEMA, "s") == state(10, T0)
+    assert store.shard_state(FEED, "s") == state(10, T0)
     second = Batch("s", state(20, T0), [row("u1", "/b", T0)])
-    assert store.apply(SCHEMA, second, state(10, T0)) is None
-    assert store.shard_state(SCHEMA, "s") == state(20, T0)
-    (summary,) = store.shards(SCHEMA)
+    assert store.apply(FEED, second, state(10, T0)) is None
+    assert store.shard_state(FEED, "s") == state(20, T0)
+    (summary,) = store.shards(FEED)
     assert (summary.shard, summary.applied, summary.dead_lettered) == ("s", 2, 1)
-    assert store.shard_state(SCHEMA, "other") is None
+    assert store.shard_state(FEED, "other") is None
 
 
 def test_dead_letters_keep_raw_bytes(store: Store) -> None:
     raw = bytes(range(256))
     letter = DeadLetter("s", "123", 4, "pk", raw, "invalid_utf8", 1_714_564_800_000)
-    assert store.apply(SCHEMA, Batch("s", state(123), [], [letter]), None) is None
+    assert store.apply(FEED, Batch("s", state(123), [], [letter]), None) is None
     (back,) = store.dead_letters(SCHEMA)
     assert (back.raw, back.sequence, back.sub_sequence, back.reason, back.arrival_ms) == (
         raw,
@@ -107,8 +109,8 @@ def test_dead_letters_keep_raw_bytes(store: Store) -> None:
 def test_sequence_numbers_compare_as_numbers(store: Store) -> None:
     big = 49_590_338_271_490_256_608_559_692_538_361_571_095_921_575_989_136_588_898
     s = ShardState(Position(big, 3), 1)
-    assert store.apply(SCHEMA, Batch("s", s), None) is None
-    assert store.shard_state(SCHEMA, "s") == s
+    assert store.apply(FEED, Batch("s", s), None) is None
+    assert store.shard_state(FEED, "s") == s
     assert Position(9, 0) < Position(10, 0) < Position(10, 1)
 
 
@@ -159,9 +161,9 @@ def test_locked_store_is_unavailable_not_silently_wrong(tmp_path: Path) -> None:
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     with pytest.raises(StoreUnavailableError, match="held the write lock for more than 200 ms"):
-        db.apply(SCHEMA, Batch("s", state(1), [row("u", "/", T0)]), None)
+        db.apply(FEED, Batch("s", state(1), [row("u", "/", T0)]), None)
     holder.execute("ROLLBACK")
-    assert db.apply(SCHEMA, Batch("s", state(1), [row("u", "/", T0)]), None) is None
+    assert db.apply(FEED, Batch("s", state(1), [row("u", "/", T0)]), None) is None
     assert db.count_rows(SCHEMA) == 1
 
 
@@ -171,7 +173,7 @@ def _writer(url: str, shard: str, batches: int, per_batch: int) -> None:
     for b in range(batches):
         rows = [row(f"{shard}-{b}-{i}", "/", T0 + timedelta(seconds=i)) for i in range(per_batch)]
         new = state(b + 1, T0)
-        assert db.apply(SCHEMA, Batch(shard, new, rows), expect) is None
+        assert db.apply(FEED, Batch(shard, new, rows), expect) is None
         expect = new
     db.close()
 
@@ -187,7 +189,7 @@ def test_two_processes_write_concurrently_without_lock_errors(store_url: str) ->
         assert p.exitcode == 0
     db = open_store(store_url)
     assert db.count_rows(SCHEMA) == 2 * 40 * 500
-    assert {s.shard: s.applied for s in db.shards(SCHEMA)} == {"shard-0": 20_000, "shard-1": 20_000}
+    assert {s.shard: s.applied for s in db.shards(FEED)} == {"shard-0": 20_000, "shard-1": 20_000}
     db.close()
 
 
@@ -201,7 +203,7 @@ def test_lookups_span_index_runs_and_ties_follow_apply_order(tmp_path: Path) -> 
     ]
     expect: ShardState | None = None
     for n, rows in enumerate(batches, start=1):
-        assert db.apply(SCHEMA, Batch("s", state(n, T0), rows), expect) is None
+        assert db.apply(FEED, Batch("s", state(n, T0), rows), expect) is None
         expect = state(n, T0)
 
     def page(key: str, moment: datetime | None = None) -> str | None:
@@ -255,7 +257,7 @@ def test_index_runs_stay_few_and_lookups_match_a_brute_force_reference(tmp_path:
         for _ in range(size):
             key, moment = rng.choice(keys), T0 + timedelta(seconds=rng.randrange(0, 600))
             rows.append(row(key, f"/{n}-{len(applied) + len(rows)}", moment))
-        assert db.apply(SCHEMA, Batch("s", state(n, T0), rows), expect) is None
+        assert db.apply(FEED, Batch("s", state(n, T0), rows), expect) is None
         expect = state(n, T0)
         applied += [(k, ts, len(applied) + i, data) for i, (k, ts, data) in enumerate(rows)]  # type: ignore[misc]
         indexed = index_entries(raw, "ds_ClickEvent_v1")
@@ -314,7 +316,7 @@ def test_a_file_with_the_two_tier_index_is_upgraded_on_open(tmp_path: Path) -> N
     db = open_store(f"sqlite:///{path}")
     assert db.lookup(SCHEMA, "u1", us(T0 + timedelta(hours=1))) == row("u1", "/b", T0 + timedelta(minutes=1))[2]
     assert db.lookup(SCHEMA, "u1", us(T0)) == row("u1", "/a", T0)[2]
-    assert db.apply(SCHEMA, Batch("s", state(1, T0), [row("u2", "/y", T0 + timedelta(minutes=2))]), None) is None
+    assert db.apply(FEED, Batch("s", state(1, T0), [row("u2", "/y", T0 + timedelta(minutes=2))]), None) is None
     assert db.lookup(SCHEMA, "u2", us(T0 + timedelta(hours=1))) == row("u2", "/y", T0 + timedelta(minutes=2))[2]
     assert db.count_rows(SCHEMA) == 4
     db.close()
@@ -333,7 +335,7 @@ def test_rows_and_keys_are_stored_exactly_as_given(store: Store) -> None:
     tricky = '{"user_id":"q\\"uote","page":"\\\\ \\u0000 \\n tab\t \x01 é 中 😀 \\u2028","timestamp":"x"}'
     odd_keys = ['q"uote', "back\\slash", "é中😀", " lead", "1", "-0", "null"]
     rows: list[Row] = [(key, us(T0) + i, tricky.replace("x", str(i))) for i, key in enumerate(odd_keys)]
-    assert store.apply(SCHEMA, Batch("s", state(1, T0), rows), None) is None
+    assert store.apply(FEED, Batch("s", state(1, T0), rows), None) is None
     for key, ts, data in rows:
         assert store.lookup(SCHEMA, key, ts) == data
     if store.url.startswith("sqlite"):  # an int key reaches SQLite as an int, as bound before
@@ -344,9 +346,9 @@ def test_a_bug_is_not_mistaken_for_an_outage(store: Store) -> None:
     bad = Batch("s", state(1), [(["not", "a", "key"], 0, "{}")])  # type: ignore[list-item]
     # the SQLite store checks the types of what it passes on as JSON; psycopg's binary COPY refuses to dump it
     with pytest.raises(TypeError):
-        store.apply(SCHEMA, bad, None)
-    assert store.shard_state(SCHEMA, "s") is None
-    assert store.apply(SCHEMA, Batch("s", state(1), [row("u", "/", T0)]), None) is None  # still usable
+        store.apply(FEED, bad, None)
+    assert store.shard_state(FEED, "s") is None
+    assert store.apply(FEED, Batch("s", state(1), [row("u", "/", T0)]), None) is None  # still usable
     assert store.count_rows(SCHEMA) == 1
 
 
@@ -354,16 +356,15 @@ def test_a_bug_is_not_mistaken_for_an_outage(store: Store) -> None:
 
 
 def test_shards_keep_the_last_reported_lag(store: Store) -> None:
-    assert store.apply(SCHEMA, Batch("s", state(1, T0), [row("u", "/a", T0)], millis_behind_latest=5000), None) is None
-    assert store.shards(SCHEMA)[0].millis_behind_latest == 5000
+    assert store.apply(FEED, Batch("s", state(1, T0), [row("u", "/a", T0)], millis_behind_latest=5000), None) is None
+    assert store.shards(FEED)[0].millis_behind_latest == 5000
     # a batch that does not report it (None) keeps the last value
-    assert store.apply(SCHEMA, Batch("s", state(2, T0), [row("u", "/b", T0)]), state(1, T0)) is None
-    assert store.shards(SCHEMA)[0].millis_behind_latest == 5000
+    assert store.apply(FEED, Batch("s", state(2, T0), [row("u", "/b", T0)]), state(1, T0)) is None
+    assert store.shards(FEED)[0].millis_behind_latest == 5000
     assert (
-        store.apply(SCHEMA, Batch("s", state(3, T0), [row("u", "/c", T0)], millis_behind_latest=0), state(2, T0))
-        is None
+        store.apply(FEED, Batch("s", state(3, T0), [row("u", "/c", T0)], millis_behind_latest=0), state(2, T0)) is None
     )
-    assert store.shards(SCHEMA)[0].millis_behind_latest == 0
+    assert store.shards(FEED)[0].millis_behind_latest == 0
 
 
 def _letter(shard: str, seq: int, reason: str, raw: bytes = b"{}") -> DeadLetter:
@@ -372,9 +373,9 @@ def _letter(shard: str, seq: int, reason: str, raw: bytes = b"{}") -> DeadLetter
 
 def test_dead_letters_filter_by_shard_time_and_page(store: Store) -> None:
     first = [_letter("a", 1, "late"), _letter("a", 2, "invalid_json")]
-    assert store.apply(SCHEMA, Batch("a", state(2), [], first), None) is None
+    assert store.apply(FEED, Batch("a", state(2), [], first), None) is None
     (recorded,) = {d.recorded_at_us for d in store.dead_letters(SCHEMA)}
-    assert store.apply(SCHEMA, Batch("b", state(7), [], [_letter("b", 7, "late")]), None) is None
+    assert store.apply(FEED, Batch("b", state(7), [], [_letter("b", 7, "late")]), None) is None
     everything = store.dead_letters(SCHEMA)
     assert [(d.shard, d.sequence) for d in everything] == [("a", "1"), ("a", "2"), ("b", "7")]
     assert everything[0].id < everything[1].id < everything[2].id
@@ -386,13 +387,13 @@ def test_dead_letters_filter_by_shard_time_and_page(store: Store) -> None:
     page = store.dead_letters(SCHEMA, limit=2)
     rest = store.dead_letters(SCHEMA, query=DeadLetterQuery(after_id=page[-1].id))
     assert [d.sequence for d in page + rest] == ["1", "2", "7"]
-    assert store.dead_letter_counts_by_shard(SCHEMA) == {"a": {"invalid_json": 1, "late": 1}, "b": {"late": 1}}
+    assert store.dead_letter_counts_by_shard(FEED) == {"a": {"invalid_json": 1, "late": 1}, "b": {"late": 1}}
     assert store.dead_letter_counts(SCHEMA) == {"invalid_json": 1, "late": 2}
 
 
 def test_redrive_applies_once_and_keeps_the_letters_marked(store: Store) -> None:
     letters = [_letter("a", 1, "schema: page: missing"), _letter("a", 2, "schema: page: missing")]
-    assert store.apply(SCHEMA, Batch("a", state(2), [], letters), None) is None
+    assert store.apply(FEED, Batch("a", state(2), [], letters), None) is None
     first, second = store.dead_letters(SCHEMA)
     fixed = row("u9", "/fixed", T0)
     assert store.redrive(SCHEMA, [(first.id, fixed)]) == 1
@@ -406,7 +407,7 @@ def test_redrive_applies_once_and_keeps_the_letters_marked(store: Store) -> None
     assert store.dead_letter_counts(SCHEMA) == {"schema: page: missing": 1}
     assert store.redrive(SCHEMA, []) == 0
     # the shard's stream position and counters are not the re-drive's business
-    assert store.shard_state(SCHEMA, "a") == state(2)
+    assert store.shard_state(FEED, "a") == state(2)
 
 
 def test_sqlite_file_from_before_the_operating_columns_is_upgraded_on_open(tmp_path: Path) -> None:
@@ -420,14 +421,23 @@ def test_sqlite_file_from_before_the_operating_columns_is_upgraded_on_open(tmp_p
                CREATE TABLE thyme_dead_letters (id INTEGER PRIMARY KEY, dataset TEXT NOT NULL, shard TEXT NOT NULL,
                    sequence TEXT NOT NULL, sub_sequence INTEGER NOT NULL, partition_key TEXT NOT NULL,
                    arrival_ms INTEGER, reason TEXT NOT NULL, raw BLOB NOT NULL, recorded_at_us INTEGER NOT NULL);
-               INSERT INTO thyme_dead_letters VALUES (1, 'ClickEvent', 's', '1', 0, 'pk', NULL, 'late', x'7b7d', 5);"""
+               INSERT INTO thyme_dead_letters VALUES (1, 'ClickEvent', 's', '1', 0, 'pk', NULL, 'late', x'7b7d', 5);
+               INSERT INTO thyme_shards VALUES ('ClickEvent', 's', '1', 0, NULL, 0, 3, 1, 5);"""
         )
     store = open_store(f"sqlite:///{path}")
     try:
+        # state written before it was kept per stream and version: the dataset's first feed adopts it
+        assert store.dead_letters(SCHEMA) == []
+        assert store.shard_state(FEED, "s") is None
+        store.ensure_feed(FEED)
         (old,) = store.dead_letters(SCHEMA)
-        assert (old.id, old.reason, old.redriven_at_us) == (1, "late", None)
-        assert store.apply(SCHEMA, Batch("s", state(2), [], millis_behind_latest=7), None) is None
-        assert store.shards(SCHEMA)[0].millis_behind_latest == 7
+        assert (old.id, old.reason, old.redriven_at_us, old.stream) == (1, "late", None, FEED.stream)
+        assert store.shard_state(FEED, "s") == state(1)
+        assert store.apply(FEED, Batch("s", state(2), [], millis_behind_latest=7), state(1)) is None
+        ((summary),) = store.shards(FEED)
+        assert (summary.millis_behind_latest, summary.applied, summary.dead_lettered) == (7, 3, 1)
+        store.ensure_feed(OTHER)  # once: another stream starts from nothing
+        assert store.shards(OTHER) == []
     finally:
         store.close()
 
@@ -459,7 +469,7 @@ def test_a_batch_of_large_rows_is_stored_exactly(store: Store) -> None:
     pages = [f"/{i}/" + chr(0x4E2D) * (JSON_ROWS_MAX_CHARS // 4) for i in range(6)]
     rows = [row(f"u{i}", page, T0 + timedelta(seconds=i)) for i, page in enumerate(pages)]
     assert sum(len(data) for _, _, data in rows) > JSON_ROWS_MAX_CHARS
-    assert store.apply(SCHEMA, Batch("s", state(1, T0), rows), None) is None
+    assert store.apply(FEED, Batch("s", state(1, T0), rows), None) is None
     for key, ts, data in rows:
         assert store.lookup(SCHEMA, key, ts) == data
 
@@ -467,6 +477,6 @@ def test_a_batch_of_large_rows_is_stored_exactly(store: Store) -> None:
 def test_the_sqlite_store_refuses_a_batch_mixing_str_and_int_keys(tmp_path: Path) -> None:
     db = open_store(f"sqlite:///{tmp_path / 't.db'}")
     with pytest.raises(TypeError, match="all str or all int"):
-        db.apply(SCHEMA, Batch("s", state(1), [row("u", "/", T0), (7, us(T0), "{}")]), None)
-    assert db.shard_state(SCHEMA, "s") is None
+        db.apply(FEED, Batch("s", state(1), [row("u", "/", T0), (7, us(T0), "{}")]), None)
+    assert db.shard_state(FEED, "s") is None
     db.close()

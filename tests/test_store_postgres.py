@@ -20,13 +20,14 @@ import pytest
 
 from record_processor.lateness import LatenessPolicy
 from record_processor.processor import RetryPolicy, ShardWorker
-from tests.factories import ClickEvent, Purchase, b64, schema_of, seq
+from tests.factories import ClickEvent, Purchase, b64, feed_of, schema_of, seq
 from tests.pg_server import PASSWORD, PgServer
 from thyme.errors import StoreConfigError, StoreUnavailableError
 from thyme.store import Batch, Conflict, Position, Row, ShardState, open_store, redact_url
 from thyme.store.postgres import SCHEMA_VERSION, PostgresStore, table_name
 
 SCHEMA = schema_of(ClickEvent)
+FEED = feed_of(SCHEMA)
 T0 = datetime(2024, 5, 1, 12, tzinfo=UTC)
 T0_US = int(T0.timestamp() * 1_000_000)
 
@@ -54,27 +55,27 @@ def own_server() -> Iterator[PgServer]:
 def test_outage_is_unavailable_then_the_same_store_recovers(own_server: PgServer) -> None:
     url = own_server.create_database()
     db = open_store(url)
-    assert db.apply(SCHEMA, Batch("s", state(1), [row("u1", "/a")]), None) is None
+    assert db.apply(FEED, Batch("s", state(1), [row("u1", "/a")]), None) is None
 
     own_server.stop()
     with pytest.raises(StoreUnavailableError) as info:
-        db.apply(SCHEMA, Batch("s", state(2), [row("u1", "/b", 1)]), state(1))
+        db.apply(FEED, Batch("s", state(2), [row("u1", "/b", 1)]), state(1))
     assert "PostgreSQL store postgresql://thyme:***@127.0.0.1" in str(info.value)
     assert_no_password(str(info.value))
     with pytest.raises(StoreUnavailableError, match="cannot connect"):
-        db.shard_state(SCHEMA, "s")  # the next call tries a new connection, which is refused
+        db.shard_state(FEED, "s")  # the next call tries a new connection, which is refused
     with pytest.raises(StoreUnavailableError, match="cannot connect") as opening:
         open_store(url)
     assert_no_password(str(opening.value))
 
     own_server.start()
-    assert db.apply(SCHEMA, Batch("s", state(2), [row("u1", "/b", 1)]), state(1)) is None
+    assert db.apply(FEED, Batch("s", state(2), [row("u1", "/b", 1)]), state(1)) is None
 
     # restarted between two calls: the dead connection is found on the first statement and
     # replaced, so the apply goes through without the caller seeing an error
     own_server.stop()
     own_server.start()
-    assert db.apply(SCHEMA, Batch("s", state(3), [row("u1", "/c", 2)]), state(2)) is None
+    assert db.apply(FEED, Batch("s", state(3), [row("u1", "/c", 2)]), state(2)) is None
     assert db.count_rows(SCHEMA) == 3
     assert db.lookup(SCHEMA, "u1", T0_US + 10_000_000) == row("u1", "/c", 2)[2]
     db.close()
@@ -83,7 +84,7 @@ def test_outage_is_unavailable_then_the_same_store_recovers(own_server: PgServer
 def test_worker_rides_out_a_server_restart(own_server: PgServer) -> None:
     db = open_store(own_server.create_database())
     worker = ShardWorker(
-        SCHEMA, LatenessPolicy(timedelta(minutes=5), timedelta(hours=1)), db, RetryPolicy(give_up_after_s=60)
+        FEED, LatenessPolicy(timedelta(minutes=5), timedelta(hours=1)), db, RetryPolicy(give_up_after_s=60)
     )
     worker.initialize("shardId-000000000000")
     arrival_ms = int(T0.timestamp() * 1000)
@@ -162,7 +163,7 @@ def test_migrate_print_lets_an_admin_create_the_tables_for_a_read_write_user(
     rows: list[Row] = [
         ("u1", 1_000_000, json.dumps({"user_id": "u1", "page": "/", "timestamp": "1970-01-01T00:00:01Z"}))
     ]
-    assert store.apply(schema, Batch("s", ShardState(Position(1), 1_000_000), rows), None) is None
+    assert store.apply(feed_of(schema), Batch("s", ShardState(Position(1), 1_000_000), rows), None) is None
     assert store.count_rows(schema) == 1
     store.close()
     # without --print the command applies the same, idempotently
@@ -206,7 +207,7 @@ def test_tables_are_versioned_and_int_keys_are_bigint(pg_server: PgServer) -> No
     db = open_store(url)
     purchase = schema_of(Purchase)
     row_json = json.dumps({"order_id": 2**40})
-    assert db.apply(purchase, Batch("s", state(1), [(2**40, 5, row_json)]), None) is None
+    assert db.apply(feed_of(purchase), Batch("s", state(1), [(2**40, 5, row_json)]), None) is None
     assert db.lookup(purchase, 2**40, 5) == row_json
     assert db.lookup(purchase, 2**40, 4) is None
     assert db.lookup(purchase, 2**70, 5) is None  # out of bigint range: cannot be stored
@@ -227,8 +228,8 @@ def test_long_dataset_names_get_distinct_tables(pg_server: PgServer) -> None:
     long_b = SCHEMA.model_copy(update={"name": "A" * 60 + "two"})
     assert table_name(long_a) != table_name(long_b)
     assert max(len(table_name(long_a)), len(table_name(long_b))) <= 63
-    assert db.apply(long_a, Batch("s", state(1), [row("u", "/a")]), None) is None
-    assert db.apply(long_b, Batch("s", state(1), [row("u", "/b"), row("v", "/b")]), None) is None
+    assert db.apply(feed_of(long_a), Batch("s", state(1), [row("u", "/a")]), None) is None
+    assert db.apply(feed_of(long_b), Batch("s", state(1), [row("u", "/b"), row("v", "/b")]), None) is None
     assert (db.count_rows(long_a), db.count_rows(long_b)) == (1, 2)
     db.close()
 
@@ -250,10 +251,10 @@ def _racer(url: str, me: int, barrier: Any, results: Any) -> None:
         for phase in range(2):
             rows = [row(f"{shard}-{phase}-{me}-{i}", "/", i) for i in range(200)]
             barrier.wait()
-            outcome = db.apply(SCHEMA, Batch(shard, state(100 * (phase + 1) + me), rows), expect)
+            outcome = db.apply(FEED, Batch(shard, state(100 * (phase + 1) + me), rows), expect)
             results.put((r, phase, me, outcome))
             barrier.wait()
-            expect = db.shard_state(SCHEMA, shard)
+            expect = db.shard_state(FEED, shard)
     db.close()
 
 
@@ -279,9 +280,9 @@ def test_racing_writers_on_one_shard_exactly_one_wins(pg_server: PgServer) -> No
         won = state(100 * (phase + 1) + winners[0])
         assert all(o == Conflict(won) for me, o in by_racer.items() if me != winners[0]), (r, phase, by_racer)
         if phase == 1:
-            assert db.shard_state(SCHEMA, f"race-{r}") == won
+            assert db.shard_state(FEED, f"race-{r}") == won
     assert db.count_rows(SCHEMA) == ROUNDS * 2 * 200  # only the winners' rows
-    assert {s.applied for s in db.shards(SCHEMA)} == {400}
+    assert {s.applied for s in db.shards(FEED)} == {400}
     db.close()
 
 
@@ -308,14 +309,14 @@ def test_a_writer_waits_for_the_lock_holder_then_conflicts(pg_server: PgServer, 
     first, second = open_store(url), open_store(url)
     expect = None
     if existing:
-        assert first.apply(SCHEMA, Batch("s", state(1), [row("u0", "/")]), None) is None
+        assert first.apply(FEED, Batch("s", state(1), [row("u0", "/")]), None) is None
         expect = state(1)
     gate, inside = threading.Event(), threading.Event()
     results: dict[str, Conflict | None] = {}
     holder = threading.Thread(
         target=lambda: results.setdefault(
             "first",
-            first.apply(SCHEMA, Batch("s", state(2), GatedRows([row("a", "/"), row("b", "/")], gate, inside)), expect),
+            first.apply(FEED, Batch("s", state(2), GatedRows([row("a", "/"), row("b", "/")], gate, inside)), expect),
         )
     )
     holder.start()
@@ -323,7 +324,7 @@ def test_a_writer_waits_for_the_lock_holder_then_conflicts(pg_server: PgServer, 
         assert inside.wait(30)  # the first writer is mid-transaction, holding the shard row
         racer = threading.Thread(
             target=lambda: results.setdefault(
-                "second", second.apply(SCHEMA, Batch("s", state(3), [row("c", "/")]), expect)
+                "second", second.apply(FEED, Batch("s", state(3), [row("c", "/")]), expect)
             )
         )
         racer.start()
@@ -335,7 +336,7 @@ def test_a_writer_waits_for_the_lock_holder_then_conflicts(pg_server: PgServer, 
     finally:
         gate.set()
     assert results == {"first": None, "second": Conflict(state(2))}
-    assert first.shard_state(SCHEMA, "s") == state(2)
+    assert first.shard_state(FEED, "s") == state(2)
     assert first.count_rows(SCHEMA) == (3 if existing else 2)
     first.close()
     second.close()
@@ -376,6 +377,8 @@ CREATE TABLE thyme_dead_letters (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY 
     arrival_ms BIGINT, reason TEXT NOT NULL, raw BYTEA NOT NULL, recorded_at_us BIGINT NOT NULL);
 INSERT INTO thyme_dead_letters (dataset, shard, sequence, sub_sequence, partition_key, reason, raw, recorded_at_us)
     VALUES ('ClickEvent', 's', '1', 0, 'pk', 'late', '\\x7b7d', 5);
+INSERT INTO thyme_shards (dataset, shard, sequence, sub_sequence, applied, updated_at_us)
+    VALUES ('ClickEvent', 's', '1', 0, 3, 5);
 """
 """Thyme's tables as version 1 (the first release) created them."""
 
@@ -394,13 +397,17 @@ def test_version_1_tables_are_upgraded_by_the_consumer_or_by_the_printed_script(
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute(script)
         with psycopg.connect(url) as conn:
-            assert max(v for (v,) in conn.execute("SELECT version FROM thyme_schema_version")) == SCHEMA_VERSION == 2
+            assert max(v for (v,) in conn.execute("SELECT version FROM thyme_schema_version")) == SCHEMA_VERSION == 3
         db = open_store(url)
         try:
+            assert db.shard_state(FEED, "s") is None
+            db.ensure_feed(FEED)  # the dataset's first feed adopts the state kept before streams and versions
             (old,) = db.dead_letters(SCHEMA)
-            assert (old.reason, old.raw, old.redriven_at_us) == ("late", b"{}", None), how
-            assert db.apply(SCHEMA, Batch("s", state(2), [], millis_behind_latest=9), None) is None
-            assert db.shards(SCHEMA)[0].millis_behind_latest == 9
+            assert (old.reason, old.raw, old.redriven_at_us, old.stream) == ("late", b"{}", None, FEED.stream), how
+            assert db.shard_state(FEED, "s") == ShardState(Position(1))
+            assert db.apply(FEED, Batch("s", state(2), [], millis_behind_latest=9), ShardState(Position(1))) is None
+            ((summary),) = db.shards(FEED)
+            assert (summary.millis_behind_latest, summary.applied) == (9, 3)
             assert db.redrive(SCHEMA, [(old.id, row("u", "/r"))]) == 1
         finally:
             db.close()

@@ -12,12 +12,13 @@ import pytest
 from record_processor.envelope import InputRecord, from_base64
 from record_processor.lateness import LatenessPolicy
 from record_processor.processor import BatchFailedError, RetryPolicy, ShardWorker
-from tests.factories import ClickEvent, b64, schema_of, seq
+from tests.factories import ClickEvent, b64, feed_of, schema_of, seq
 from thyme.errors import StoreUnavailableError
 from thyme.lookup import lookup
 from thyme.store import Batch, Conflict, Position, ShardState, Store
 
 SCHEMA = schema_of(ClickEvent)
+FEED = feed_of(SCHEMA)
 T0 = datetime(2024, 5, 1, 12, tzinfo=UTC)
 T0_MS = int(T0.timestamp() * 1000)
 POLICY = LatenessPolicy(timedelta(minutes=5), timedelta(hours=1))
@@ -34,7 +35,7 @@ def raw(n: int, data: bytes | str) -> InputRecord:
 
 
 def worker(store: Store, **kwargs: Any) -> ShardWorker:
-    w = ShardWorker(SCHEMA, POLICY, store, **kwargs)
+    w = ShardWorker(FEED, POLICY, store, **kwargs)
     w.initialize("shardId-000000000000")
     return w
 
@@ -54,7 +55,7 @@ def test_batch_applies_rows_dead_letters_and_state(store: Store) -> None:
     assert (outcome.received, outcome.applied, outcome.replayed) == (6, 2, 0)
     assert dict(outcome.dead_letters) == {"invalid_json": 1, "late": 1, "invalid_base64": 1, "future_timestamp": 1}
     assert outcome.last == Position(int(seq(6)))
-    assert store.shard_state(SCHEMA, "shardId-000000000000") == ShardState(
+    assert store.shard_state(FEED, "shardId-000000000000") == ShardState(
         Position(int(seq(6))), int((T0 + timedelta(minutes=10)).timestamp() * 1_000_000)
     )
     assert store.dead_letter_counts(SCHEMA) == {
@@ -91,7 +92,7 @@ def test_kpl_sub_sequences_are_distinct_records(store: Store) -> None:
     first = [rec(7, f"k{i}", i, sub=i) for i in range(3)]
     assert w.process(first).applied == 3
     assert w.process([rec(7, "k1", 1, sub=1), rec(7, "k3", 3, sub=3)]).applied == 1
-    assert store.shard_state(SCHEMA, "shardId-000000000000").position == Position(int(seq(7)), 3)  # type: ignore[union-attr]
+    assert store.shard_state(FEED, "shardId-000000000000").position == Position(int(seq(7)), 3)  # type: ignore[union-attr]
 
 
 def test_watermark_survives_restart(store: Store) -> None:
@@ -103,7 +104,7 @@ def test_watermark_survives_restart(store: Store) -> None:
 
 def test_new_shard_inherits_parent_watermark(store: Store) -> None:
     w = ShardWorker(
-        SCHEMA, POLICY, store, parent_watermark=lambda shard: int((T0 + timedelta(minutes=30)).timestamp() * 1e6)
+        FEED, POLICY, store, parent_watermark=lambda shard: int((T0 + timedelta(minutes=30)).timestamp() * 1e6)
     )
     w.initialize("shardId-000000000002")
     outcome = w.process([rec(1, "u", 20), rec(2, "u", 29)])
@@ -119,7 +120,7 @@ def test_zombie_writer_recomputes_from_the_new_owners_state(store: Store) -> Non
     outcome = old.process([rec(2, "u2", 1), rec(3, "u3", 2), rec(4, "u4", 3)])
     assert (outcome.applied, outcome.replayed, outcome.attempts) == (1, 2, 2)
     assert store.count_rows(SCHEMA) == 4
-    assert store.shard_state(SCHEMA, "shardId-000000000000").position == Position(int(seq(4)))  # type: ignore[union-attr]
+    assert store.shard_state(FEED, "shardId-000000000000").position == Position(int(seq(4)))  # type: ignore[union-attr]
 
 
 class FlakyStore:
@@ -169,7 +170,7 @@ def test_store_outage_past_the_bound_fails_the_batch(store: Store) -> None:
     with pytest.raises(BatchFailedError, match=r"store unavailable for 3[0-9]s, giving up"):
         w.process([rec(1, "u1", 0)])
     assert store.count_rows(SCHEMA) == 0
-    assert store.shard_state(SCHEMA, "shardId-000000000000") is None
+    assert store.shard_state(FEED, "shardId-000000000000") is None
     assert max(clock.sleeps) == 5.0
 
 
@@ -177,7 +178,7 @@ def test_shard_end_is_recorded(store: Store) -> None:
     w = worker(store)
     w.process([rec(1, "u1", 0)])
     w.shard_ended()
-    state = store.shard_state(SCHEMA, "shardId-000000000000")
+    state = store.shard_state(FEED, "shardId-000000000000")
     assert state is not None
     assert state.ended
     assert state.position == Position(int(seq(1)))
@@ -189,7 +190,7 @@ def test_shard_end_keeps_a_newer_owners_state(store: Store) -> None:
     new = worker(store)
     new.process([rec(2, "u2", 5)])
     old.shard_ended()  # the old owner's view is seq(1); the store's is seq(2)
-    state = store.shard_state(SCHEMA, "shardId-000000000000")
+    state = store.shard_state(FEED, "shardId-000000000000")
     assert state is not None
     assert (state.ended, state.position) == (True, Position(int(seq(2))))
     assert state.watermark_us == int((T0 + timedelta(minutes=5)).timestamp() * 1_000_000)

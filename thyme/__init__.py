@@ -8,8 +8,8 @@
 
 from thyme.dataset import DatasetSchema, Field, dataset, field
 from thyme.errors import ConfigError, ThymeError
-from thyme.lookup import lookup
+from thyme.lookup import lookup, lookup_many
 from thyme.secret import Secret
 
-__all__ = ["ConfigError", "DatasetSchema", "Field", "Secret", "ThymeError", "dataset", "field", "lookup"]
+__all__ = ["ConfigError", "DatasetSchema", "Field", "Secret", "ThymeError", "dataset", "field", "lookup", "lookup_many"]
 __version__ = "0.1.0"

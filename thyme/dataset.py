@@ -110,9 +110,11 @@ class DatasetSchema(BaseModel):
     name: str
     """The dataset's name: the class name."""
     version: int = 1
-    """Bumped by the user when fields change; a store refuses a changed schema at the same version."""
+    """Bumped by the user when fields change in a way stored rows cannot follow (see
+    :func:`compare_shapes`); each version is a dataset of its own in the store."""
     index: bool = False
-    """Whether lookups by key are served (``@dataset(index=True)``)."""
+    """Whether lookups by key are served (``@dataset(index=True)``). Not part of the stored shape:
+    the store keeps the key index either way, so it can be turned on or off at the same version."""
     fields: tuple[FieldSchema, ...]
 
     @property
@@ -128,6 +130,51 @@ class DatasetSchema(BaseModel):
     def field_names(self) -> list[str]:
         """Field names in declaration order."""
         return [f.name for f in self.fields]
+
+
+ShapeChange = Literal["same", "widens", "narrows"]
+"""How a dataset's fields compare with the ones a store holds for the same name and version."""
+
+
+def compare_shapes(stored: DatasetSchema, wanted: DatasetSchema) -> ShapeChange | str:
+    """How ``wanted``'s fields relate to ``stored``'s (same name and version), or the reason they
+    cannot share one table.
+
+    Rows stay readable both ways when the only differences are *widenings* (``wanted`` adds an
+    ``Optional`` field, or makes a required field ``Optional``: every stored row is valid under
+    ``wanted``) or only *narrowings* (the reverse: an older copy of the code, whose rows are valid
+    under ``stored``). Field order and ``index`` do not matter. Anything else — a type changed, a
+    new required field, a required field removed, the key or timestamp moved, or widening and
+    narrowing at once — changes what a stored row means, and needs a new ``version``.
+    """
+    old = {f.name: f for f in stored.fields}
+    new = {f.name: f for f in wanted.fields}
+    widens = narrows = False
+    for name in old.keys() | new.keys():
+        before, after = old.get(name), new.get(name)
+        if before is None or after is None:
+            present = after if before is None else before
+            assert present is not None
+            if present.key or present.timestamp:
+                return f"field {name}: the {'key' if present.key else 'timestamp'} field changed"
+            if not present.type.optional:
+                return (
+                    f"field {name}: a new required field (the rows stored lack it)"
+                    if before is None
+                    else f"field {name}: a required field was removed"
+                )
+            widens, narrows = widens or before is None, narrows or after is None
+            continue
+        if (before.key, before.timestamp) != (after.key, after.timestamp):
+            return f"field {name}: its key/timestamp role changed"
+        if before.type == after.type:
+            continue
+        if before.type.model_copy(update={"optional": True}) != after.type.model_copy(update={"optional": True}):
+            return f"field {name}: type {before.type.describe()} became {after.type.describe()}"
+        widens, narrows = widens or after.type.optional, narrows or before.type.optional
+    if widens and narrows:
+        return "some fields were widened and others narrowed at once"
+    return "widens" if widens else "narrows" if narrows else "same"
 
 
 _NAME: Final = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,62}")
@@ -296,12 +343,19 @@ def _install_value_methods(cls: type, schema: DatasetSchema) -> None:
 
         return _lookup(klass, key, at=at, store=store)
 
+    def lookup_many(klass: type[T], keys: Any, at: datetime | None = None, store: Any = None) -> list[T | None]:
+        """:meth:`lookup` for each key, in order, from one snapshot of the store."""
+        from thyme.lookup import lookup_many as _lookup_many
+
+        return _lookup_many(klass, keys, at=at, store=store)
+
     cls.__init__ = __init__  # type: ignore[misc]
     cls.__repr__ = __repr__  # type: ignore[method-assign,assignment]
     cls.__eq__ = __eq__  # type: ignore[method-assign,assignment]
     cls.__hash__ = None  # type: ignore[assignment]
     cls.as_dict = as_dict  # type: ignore[attr-defined]
     cls.lookup = classmethod(lookup)  # type: ignore[attr-defined]
+    cls.lookup_many = classmethod(lookup_many)  # type: ignore[attr-defined]
 
 
 @overload

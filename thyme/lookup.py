@@ -1,7 +1,14 @@
-"""Lookups: the newest version of a key as of a moment."""
+"""Lookups: the newest version of a key as of a moment.
+
+Safe from any number of threads and processes: a store shares nothing between threads but its
+settings (each thread reads through its own connection), and a store URL is opened once per
+process. A dataset is served by key when it is declared ``@dataset(index=True)``.
+"""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -9,7 +16,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from thyme.dataset import DatasetSchema, TypeSpec, dataset_schema
-from thyme.errors import ConfigError
+from thyme.errors import ConfigError, SchemaChangedError
 from thyme.store import Store, open_store, store_url
 
 T = TypeVar("T")
@@ -27,18 +34,24 @@ def _stored_type(spec: TypeSpec) -> Any:
 
 
 def decode_row(schema: DatasetSchema, data: str) -> dict[str, Any]:
-    """A stored row as a dict with Python values (datetimes UTC-aware), fields in declaration order."""
-    values = _struct_decoder(schema).decode(data)
+    """A stored row as a dict with Python values (datetimes UTC-aware), fields in declaration order.
+
+    Every field reads as optional: a row written before a field was added (or made optional, at
+    the same version) holds no value for it, and gives None."""
+    try:
+        values = _struct_decoder(schema).decode(data)
+    except msgspec.ValidationError as exc:
+        raise SchemaChangedError(
+            f"dataset {schema.name} version {schema.version}: a stored row does not match the class ({exc}); "
+            "its fields changed without a new version"
+        ) from None
     return {f.name: getattr(values, f.name) for f in schema.fields}
 
 
 @lru_cache(maxsize=64)
 def _struct_decoder(schema: DatasetSchema) -> msgspec.json.Decoder[Any]:
-    fields = [
-        (f.name, _stored_type(f.type), None) if f.type.optional else (f.name, _stored_type(f.type))
-        for f in schema.fields
-    ]
-    return msgspec.json.Decoder(msgspec.defstruct(f"{schema.name}Stored", sorted(fields, key=len)))
+    fields = [(f.name, _stored_type(f.type.model_copy(update={"optional": True})), None) for f in schema.fields]
+    return msgspec.json.Decoder(msgspec.defstruct(f"{schema.name}Stored", fields))
 
 
 def coerce_key(schema: DatasetSchema, key: object) -> str | int:
@@ -76,12 +89,32 @@ def to_us(at: datetime | None) -> int:
 
 
 _ONE_US = timedelta(microseconds=1)
+_OPENING = threading.Lock()
 
 
 @lru_cache(maxsize=8)
-def _shared_store(url: str) -> Store:
-    """One open store per URL per process, so repeated lookups do not reopen the file."""
+def _cached_store(url: str) -> Store:
     return open_store(url)
+
+
+def _shared_store(url: str) -> Store:
+    """One open store per URL per process, so repeated lookups do not reopen the file (opened
+    under a lock: two threads' first lookups must not both create it)."""
+    with _OPENING:
+        return _cached_store(url)
+
+
+def _served(klass: type) -> DatasetSchema:
+    schema = dataset_schema(klass)
+    if schema is None:
+        raise ConfigError("lookup(dataset)", "not a @dataset class", "Pass the dataset class.", value=klass)
+    if not schema.index:
+        raise ConfigError(
+            f"lookup({schema.name})",
+            "the dataset is not served by key",
+            "Declare it @dataset(index=True, ...) to serve lookups (no new version needed).",
+        )
+    return schema
 
 
 def lookup(klass: type[T], key: object, at: datetime | None = None, store: Store | str | None = None) -> T | None:
@@ -91,11 +124,22 @@ def lookup(klass: type[T], key: object, at: datetime | None = None, store: Store
     ``store`` is a :class:`~thyme.store.Store`, a store URL, or None for ``THYME_STORE_URL``
     (default ``sqlite:///thyme.db``). Returns an instance of ``klass``, or None.
     """
-    schema = dataset_schema(klass)
-    if schema is None:
-        raise ConfigError("lookup(dataset)", "not a @dataset class", "Pass the dataset class.", value=klass)
+    return lookup_many(klass, [key], at=at, store=store)[0]
+
+
+def lookup_many(
+    klass: type[T], keys: Sequence[object], at: datetime | None = None, store: Store | str | None = None
+) -> list[T | None]:
+    """:func:`lookup` for each of ``keys``, in order (None where a key has no version), read from
+    one snapshot of the store: a batch of features for one request, consistent with each other."""
+    schema = _served(klass)
+    if isinstance(keys, str | bytes):
+        raise ConfigError(
+            f"lookup_many({schema.name}, keys)", "expects a list of keys", "Pass [key] or use lookup().", value=keys
+        )
+    coerced = [coerce_key(schema, key) for key in keys]
+    at_us = to_us(at)
     db = _shared_store(store_url(store)) if store is None or isinstance(store, str) else store
-    data = db.lookup(schema, coerce_key(schema, key), to_us(at))
-    if data is None:
-        return None
-    return klass(**decode_row(schema, data))
+    return [
+        None if data is None else klass(**decode_row(schema, data)) for data in db.lookup_many(schema, coerced, at_us)
+    ]

@@ -79,7 +79,9 @@ def redrive(
             schema,
             reason,
             PAGE,
-            query=DeadLetterQuery(query.shard, query.since_us, query.until_us, after, include_redriven=False),
+            query=DeadLetterQuery(
+                query.shard, query.stream, query.since_us, query.until_us, after, include_redriven=False
+            ),
         )
         if not page:
             return report

@@ -56,7 +56,10 @@ class Sample:
 """A user's module with the ``Sample`` dataset on the stream ``arn``."""
 
 
-def write_app(folder: Path, arn: str = "arn:aws:kinesis:us-east-1:123456789012:stream/badinput") -> Path:
+STREAM: Final = "arn:aws:kinesis:us-east-1:123456789012:stream/badinput"
+
+
+def write_app(folder: Path, arn: str = STREAM) -> Path:
     """Write :data:`APP` for ``arn`` into ``folder``; returns the file (``<file>:Sample``)."""
     path = folder / "badinput_app.py"
     path.write_text(APP.format(arn=arn))

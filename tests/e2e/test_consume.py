@@ -127,7 +127,8 @@ def test_records_land_once_with_lookups_and_dead_letters(kinesis: Any, new_consu
     assert {m["Shard"] for m in metrics} == {"shardId-000000000000", "shardId-000000000001"}
     assert all(m["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "Thyme/KinesisSource" for m in metrics)
 
-    # dead letters: list with filters, then re-drive against the fixed dataset (page optional, v2)
+    # dead letters: list with filters, then re-drive against the fixed dataset (page made optional:
+    # stored rows can follow that, so it is the same version)
     def cli_lines(*args: str) -> list[dict[str, Any]]:
         done = run_cli(*args, "--store", url, env=consumer.env, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
@@ -138,21 +139,37 @@ def test_records_land_once_with_lookups_and_dead_letters(kinesis: Any, new_consu
     per_shard = cli_lines("kinesis", "dead-letters", "list", f"{app}:Clicks", "--shard", "shardId-000000000000")
     assert {d["shard"] for d in per_shard} == {"shardId-000000000000"}
     fixed = tmp_path / "app_fixed.py"
-    fixed.write_text(
-        app.read_text()
-        .replace("@dataset(index=True)", "@dataset(index=True, version=2)")
-        .replace("page: Field[str]", "page: Field[str | None]")
-    )
+    fixed.write_text(app.read_text().replace("page: Field[str]", "page: Field[str | None]"))
     (report,) = cli_lines("kinesis", "dead-letters", "redrive", f"{fixed}:Clicks")
     assert (report["redriven"], report["not_redriven"]) == (1, {"late": len(late)})
     assert sum(report["still_failing"].values()) == ledger.total - len(valid) - len(late) - 1
     (again,) = cli_lines("kinesis", "dead-letters", "redrive", f"{fixed}:Clicks")
     assert again["redriven"] == 0
-    u6 = lookup(load_dataset(f"{fixed}:Clicks"), "u6", store=url)
+    u6 = lookup(load_dataset(f"{fixed}:Clicks"), "u6", at=base, store=url)  # u6's other clicks are later
     assert u6 is not None
     assert (u6.n, u6.page) == (6, None)
     assert set(store.shards()) == {"shardId-000000000000", "shardId-000000000001"}
     print(f"first records visible after {first_visible.total_seconds():.1f}s")  # noqa: T201
+
+    # a new version (n becomes a float: stored rows cannot follow) is a dataset of its own: its
+    # consumer reads the stream again from init_position, beside version 1, into its own rows
+    v2 = tmp_path / "app_v2.py"
+    v2.write_text(
+        fixed.read_text()
+        .replace("@dataset(index=True)", "@dataset(index=True, version=2)")
+        .replace("n: Field[int]", "n: Field[float]")
+    )
+    second = new_consumer(v2, store=consumer.store)
+    second.start()
+    v2_rows = "SELECT count(*) FROM ds_Clicks_v2"
+    wait_for(lambda: store.query(v2_rows) == [(len(valid) + 1,)], 180, "version 2 to read the stream again")
+    found = lookup(load_dataset(f"{v2}:Clicks"), "u6", at=base, store=url)
+    assert found is not None
+    assert (found.n, found.page) == (6.0, None)
+    v2_status = second.status()
+    assert sum(s["applied"] for s in v2_status["shards"]) == len(valid) + 1  # its own counts, not v1's
+    assert second.stop() == 0
+    assert store.applied() == Counter(ledger.valid) + Counter([6])  # version 1 untouched (u6 re-driven)
 
 
 def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -209,6 +226,12 @@ def test_bad_configuration_fails_fast_with_one_line(aws: dict[str, str], tmp_pat
             "to read the stream.",
         ),
     }
+    cases["status of a stream that does not exist"] = (
+        ["kinesis", "status", f"{app}:Clicks"],
+        {**env, "E2E_UNSET_ROLE": "arn:aws:iam::123456789012:role/r"},
+        "thyme: error: stream never-created (account 123456789012, region us-east-1) does not exist. Check the "
+        "dataset's stream_arn (and the account and region it names), or create the stream.",
+    )
     for name, (args, case_env, message) in cases.items():
         result = run_cli(*args, env=case_env, cwd=tmp_path)
         assert (name, result.returncode, result.stderr.strip()) == (name, 2, message)

@@ -22,10 +22,10 @@ identities: the stream's role for Kinesis, the consumer's own for DynamoDB.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from typing import Any
 
+from thyme.kinesis.aws import kinesis_client, session_name
 from thyme.kinesis.properties import KclProperties
 
 log = logging.getLogger("thyme.kinesis")
@@ -58,7 +58,14 @@ def bootstrap_leases(
             return False  # not a new application: KCL resumes from the table
         except dynamodb.exceptions.ResourceNotFoundException:
             pass
-        kinesis = kinesis or _kinesis_client(properties, role_arn, external_id, sts_endpoint_url)
+        kinesis = kinesis or kinesis_client(
+            properties.region_name,
+            properties.kinesis_endpoint,
+            role_arn,
+            external_id,
+            sts_endpoint_url,
+            session_name(properties.application_name),
+        )
         shards = _list_shards(kinesis, properties.stream_name)
         if not shards or any(s.get("ParentShardId") or s.get("AdjacentParentShardId") for s in shards):
             log.info("resharded stream: KCL builds the lease table itself", extra={"fields": {"table": table}})
@@ -128,28 +135,6 @@ def _drop_partial(dynamodb: Any, table: str) -> None:
             "could not remove a half-prepared lease table; delete it before the next start",
             extra={"fields": {"table": table, "error": type(exc).__name__}},
         )
-
-
-def _kinesis_client(
-    properties: KclProperties, role_arn: str | None, external_id: str | None, sts_endpoint_url: str | None
-) -> Any:
-    import boto3
-
-    region, endpoint = properties.region_name, properties.kinesis_endpoint
-    if role_arn is None:
-        return boto3.client("kinesis", region_name=region, endpoint_url=endpoint)
-    sts = boto3.client("sts", region_name=region, endpoint_url=sts_endpoint_url)
-    session = re.sub(r"[^\w+=,.@-]", "-", properties.application_name)[:64]
-    extra = {"ExternalId": external_id} if external_id else {}
-    found = sts.assume_role(RoleArn=role_arn, RoleSessionName=session, **extra)["Credentials"]
-    return boto3.client(
-        "kinesis",
-        region_name=region,
-        endpoint_url=endpoint,
-        aws_access_key_id=found["AccessKeyId"],
-        aws_secret_access_key=found["SecretAccessKey"],
-        aws_session_token=found["SessionToken"],
-    )
 
 
 def _list_shards(kinesis: Any, stream: str) -> list[dict[str, Any]]:

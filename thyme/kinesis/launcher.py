@@ -47,7 +47,7 @@ from thyme.kinesis.bootstrap import bootstrap_leases
 from thyme.kinesis.progress import Progress
 from thyme.kinesis.prometheus import PrometheusExporter
 from thyme.kinesis.properties import KclProperties, Profile, build_properties
-from thyme.store import open_store, store_url
+from thyme.store import Feed, open_store, store_url
 
 log = logging.getLogger("thyme.kinesis")
 
@@ -203,7 +203,7 @@ def plan(klass: type, options: RunOptions, environ: Mapping[str, str] | None = N
     try:
         store = open_store(url)
         try:
-            store.ensure_dataset(schema)
+            store.ensure_feed(Feed(schema, connection.stream_arn))
         finally:
             store.close()
     except StoreUnavailableError as exc:
@@ -212,6 +212,7 @@ def plan(klass: type, options: RunOptions, environ: Mapping[str, str] | None = N
     properties = build_properties(
         connection,
         dataset=schema.name,
+        version=schema.version,
         python=python,
         application_name=options.application_name,
         worker_id=options.worker_id,
@@ -225,6 +226,7 @@ def plan(klass: type, options: RunOptions, environ: Mapping[str, str] | None = N
     )
     config = ProcessorConfig(
         dataset=schema,
+        stream=connection.stream_arn,
         max_lateness_ms=None if spec.max_lateness is None else spec.max_lateness // timedelta(milliseconds=1),
         max_future_skew_ms=spec.max_future_skew // timedelta(milliseconds=1),
         store_url=url,

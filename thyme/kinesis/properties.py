@@ -21,9 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from thyme.connectors.kinesis import InitialPosition, KinesisConnection
 from thyme.errors import REDACTED, SourceError
+from thyme.kinesis.aws import session_name
 
 Profile = Literal["local", "aws"]
-_SESSION_NAME: Final = re.compile(r"[^\w+=,.@-]")
 _APP_NAME: Final = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -97,9 +97,12 @@ def escape(value: str) -> str:
     return "".join(c if 0x20 <= ord(c) < 0x7F else f"\\u{ord(c):04x}" for c in out)
 
 
-def default_application_name(dataset: str, stream_name: str) -> str:
-    """``thyme-<dataset>-<stream>``, trimmed to DynamoDB's table-name alphabet and length."""
-    return _APP_NAME.sub("-", f"thyme-{dataset}-{stream_name}")[:255]
+def default_application_name(dataset: str, stream_name: str, version: int = 1) -> str:
+    """``thyme-<dataset>-<stream>`` for version 1, ``thyme-<dataset>-v<version>-<stream>`` after:
+    each version of a dataset is a consumer of its own, with its own KCL checkpoints, reading the
+    stream from the source's ``init_position``. Trimmed to DynamoDB's table-name alphabet and length."""
+    label = dataset if version == 1 else f"{dataset}-v{version}"
+    return _APP_NAME.sub("-", f"thyme-{label}-{stream_name}")[:255]
 
 
 def default_worker_id() -> str:
@@ -120,6 +123,7 @@ def build_properties(
     *,
     dataset: str,
     python: str,
+    version: int = 1,
     application_name: str | None = None,
     worker_id: str | None = None,
     dynamodb_endpoint_url: str | None = None,
@@ -148,16 +152,15 @@ def build_properties(
             value=python,
         )
     profile = profile or ("local" if connection.endpoint_url else "aws")
-    app = application_name or default_application_name(dataset, connection.stream_name)
+    app = application_name or default_application_name(dataset, connection.stream_name, version)
     position, at_timestamp = _initial_position(connection.init_position)
     default_chain = "DefaultCredentialsProvider"
     kinesis_credentials = default_chain
     if connection.role_arn is not None:
-        session = _SESSION_NAME.sub("-", app)[:64]
         parts = [
             "StsAssumeRoleCredentialsProvider",
             connection.role_arn,
-            session,
+            session_name(app),
             f"endpointRegion={connection.region}",
         ]
         if connection.external_id:

@@ -1,8 +1,9 @@
 """``thyme kinesis status``: per shard, who holds the lease, what KCL checkpointed, what the
 store applied, the watermark and the counters — without a console.
 
-Reads the KCL lease table (DynamoDB, the consumer's own account and default credentials, so
-no role secret is needed) and the Thyme store.
+Checks that the stream exists (with the identity ``run`` reads it with: the role, if any),
+then reads the KCL lease table (DynamoDB, the consumer's own account and default credentials)
+and the Thyme store: the dataset version's state for this stream only.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from typing import Any
 from thyme.connectors.source import source_spec
 from thyme.dataset import dataset_schema
 from thyme.errors import LoadError
-from thyme.kinesis.launcher import ENV_DYNAMODB_ENDPOINT, RunOptions
+from thyme.kinesis.aws import check_stream, session_name
+from thyme.kinesis.launcher import ENV_DYNAMODB_ENDPOINT, ENV_STS_ENDPOINT, RunOptions
 from thyme.kinesis.properties import default_application_name
-from thyme.store import open_store
+from thyme.store import Feed, open_store
 from thyme.store.base import total_by_reason
 
 
@@ -83,13 +85,19 @@ def status(
     if schema is None or spec is None:
         raise LoadError(f"{getattr(klass, '__name__', klass)} is not a @source(KinesisSource(...)) @dataset class")
     connector = spec.connector
-    table = options.application_name or default_application_name(schema.name, connector.stream_name)
+    table = options.application_name or default_application_name(schema.name, connector.stream_name, schema.version)
+    check_stream(
+        connector.resolve(environ),
+        options.sts_endpoint_url or environ.get(ENV_STS_ENDPOINT) or None,
+        session_name(table),
+    )
     endpoint = options.dynamodb_endpoint_url or environ.get(ENV_DYNAMODB_ENDPOINT) or connector.endpoint_url
     leases = read_leases(table, connector.region, endpoint)
+    feed = Feed(schema, connector.stream_arn)
     store = open_store(options.store_url)
     try:
-        shards = {s.shard: s for s in store.shards(schema)}
-        by_shard = store.dead_letter_counts_by_shard(schema)
+        shards = {s.shard: s for s in store.shards(feed)}
+        by_shard = store.dead_letter_counts_by_shard(feed)
     finally:
         store.close()
     rows = []

@@ -1,8 +1,11 @@
 """The store contract: what every backend (SQLite, PostgreSQL) must guarantee.
 
-A store holds, per dataset, every accepted event keyed and versioned by event time; per
-(dataset, shard) the position of the last applied record and the shard's watermark; and the
-dead letters. It needs few operations:
+A store holds, per dataset version, every accepted event keyed and versioned by event time;
+per :class:`Feed` (a dataset version fed from one stream) and shard, the position of the last
+applied record and the shard's watermark; and the dead letters. Shard ids repeat from stream to
+stream (``shardId-000000000000``), so a shard's state belongs to its feed: pointing a dataset
+at another stream starts from nothing, never from the first stream's positions or watermarks.
+It needs few operations:
 
 * :meth:`Store.apply` applies one batch **atomically**: its rows, its dead letters and the
   shard's new :class:`ShardState` commit together or not at all. It is a compare-and-set on
@@ -22,11 +25,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from thyme.dataset import DatasetSchema
+from thyme.dataset import DatasetSchema, compare_shapes
+from thyme.errors import SchemaChangedError
 
 Key = str | int
+
+
+@dataclass(frozen=True)
+class Feed:
+    """What one consumer writes: a dataset version fed from one stream (its ARN).
+
+    The unit the store keeps shard state, counters and dead letters for."""
+
+    dataset: DatasetSchema
+    stream: str
+    """The stream's ARN."""
 
 
 @dataclass(frozen=True, order=True)
@@ -75,13 +90,17 @@ class DeadLetter:
     """The store's id of the dead letter (filled in when read back; order of recording)."""
     redriven_at_us: int | None = None
     """When ``thyme kinesis dead-letters redrive`` applied it (kept, marked, for the record)."""
+    stream: str = ""
+    """The stream it was read from (filled in when read back; written from the batch's feed)."""
 
 
-def dead_letter_values(dataset: str, letter: DeadLetter, recorded_at_us: int) -> tuple[object, ...]:
-    """A dead letter as the stores' ``thyme_dead_letters`` columns, in their order: dataset, shard,
-    sequence, sub_sequence, partition_key, arrival_ms, reason, raw, recorded_at_us."""
+def dead_letter_values(feed: Feed, letter: DeadLetter, recorded_at_us: int) -> tuple[object, ...]:
+    """A dead letter as the stores' ``thyme_dead_letters`` columns, in their order: dataset, version,
+    stream, shard, sequence, sub_sequence, partition_key, arrival_ms, reason, raw, recorded_at_us."""
     return (
-        dataset,
+        feed.dataset.name,
+        feed.dataset.version,
+        feed.stream,
         letter.shard,
         letter.sequence,
         letter.sub_sequence,
@@ -98,6 +117,8 @@ class DeadLetterQuery:
     """Filters for :meth:`Store.dead_letters` (all optional; combined with AND)."""
 
     shard: str | None = None
+    stream: str | None = None
+    """Only letters read from this stream (ARN)."""
     since_us: int | None = None
     """Recorded at or after (µs since the epoch)."""
     until_us: int | None = None
@@ -108,20 +129,28 @@ class DeadLetterQuery:
 
 
 DEAD_LETTER_COLUMNS = (
-    "shard, sequence, sub_sequence, partition_key, raw, reason, arrival_ms, recorded_at_us, id, redriven_at_us"
+    "shard, sequence, sub_sequence, partition_key, raw, reason, arrival_ms, recorded_at_us, id, redriven_at_us, stream"
 )
 """The columns read back into a :class:`DeadLetter`, in its field order."""
+
+
+def dead_letter(row: Sequence[Any]) -> DeadLetter:
+    """A :class:`DeadLetter` from a row of :data:`DEAD_LETTER_COLUMNS` (``raw`` as bytes, whatever
+    buffer type the driver returns)."""
+    shard, sequence, sub_sequence, partition_key, raw, *rest = row
+    return DeadLetter(shard, sequence, sub_sequence, partition_key, bytes(raw), *rest)
 
 
 def dead_letter_filter(
     dataset: DatasetSchema, reason: str | None, query: DeadLetterQuery, mark: str
 ) -> tuple[str, tuple[object, ...]]:
     """The WHERE clause (with ``mark`` as the parameter placeholder) and its arguments."""
-    where = ["dataset = {}"]
-    args: list[object] = [dataset.name]
+    where = ["dataset = {}", "version = {}"]
+    args: list[object] = [dataset.name, dataset.version]
     for column, value in (
         ("reason = {}", reason),
         ("shard = {}", query.shard),
+        ("stream = {}", query.stream),
         ("recorded_at_us >= {}", query.since_us),
         ("recorded_at_us < {}", query.until_us),
         ("id > {}", query.after_id or None),
@@ -184,25 +213,51 @@ class ShardSummary:
     """As reported with the last applied batch."""
 
 
+def shape_against_stored(stored_json: str, schema: DatasetSchema, url: str) -> bool:
+    """Whether ``schema`` widens the shape the store holds for its name and version (the store then
+    records ``schema`` in its place). Raises :class:`~thyme.errors.SchemaChangedError`, naming the
+    difference, when stored rows could not be read back under ``schema``."""
+    change = compare_shapes(DatasetSchema.model_validate_json(stored_json), schema)
+    if change in ("same", "narrows"):
+        return False
+    if change == "widens":
+        return True
+    raise SchemaChangedError(
+        f"dataset {schema.name} version {schema.version}: its fields differ from the ones the store {url} "
+        f"holds for that version ({change}). Increase the version (@dataset(version={schema.version + 1})): "
+        "a new version is a dataset of its own, fed from the source's init_position"
+    )
+
+
 class Store(Protocol):
-    """A Thyme store backend. See the module docstring for the guarantees."""
+    """A Thyme store backend. See the module docstring for the guarantees.
+
+    Safe to share between threads (each thread uses its own connection) and to use after a
+    ``fork`` (the child opens its own)."""
 
     url: str
     """The store URL with any password removed (safe to print)."""
 
     def ensure_dataset(self, schema: DatasetSchema) -> None:
-        """Create the dataset's tables if needed; refuse a changed schema at the same version
-        with :class:`~thyme.errors.SchemaChangedError`."""
+        """Create the dataset's tables if needed; record a widened shape (:func:`compare_shapes`);
+        refuse an incompatible one with :class:`~thyme.errors.SchemaChangedError`."""
 
-    def shard_state(self, dataset: DatasetSchema, shard: str) -> ShardState | None:
+    def ensure_feed(self, feed: Feed) -> None:
+        """:meth:`ensure_dataset`, then adopt shard state and dead letters written before stores
+        kept them per stream and version (the dataset's first feed takes them, once)."""
+
+    def shard_state(self, feed: Feed, shard: str) -> ShardState | None:
         """The stored state of a shard, or None if nothing was applied yet."""
 
-    def apply(self, dataset: DatasetSchema, batch: Batch, expect: ShardState | None) -> Conflict | None:
+    def apply(self, feed: Feed, batch: Batch, expect: ShardState | None) -> Conflict | None:
         """Apply ``batch`` atomically if the stored state equals ``expect``; else a :class:`Conflict`."""
 
     def lookup(self, dataset: DatasetSchema, key: Key, at_us: int) -> str | None:
         """The row (JSON) of the newest version of ``key`` with event time ≤ ``at_us``; ties go
-        to the one applied last (stream order)."""
+        to the one applied last (stream order). Reads only: a dataset never written is None."""
+
+    def lookup_many(self, dataset: DatasetSchema, keys: Sequence[Key], at_us: int) -> list[str | None]:
+        """:meth:`lookup` for each key, in order, from one read snapshot."""
 
     def dead_letters(
         self,
@@ -212,25 +267,25 @@ class Store(Protocol):
         *,
         query: DeadLetterQuery | None = None,
     ) -> list[DeadLetter]:
-        """Dead letters of a dataset in the order recorded, optionally for one reason and the
+        """Dead letters of a dataset version in the order recorded, optionally for one reason and the
         filters of ``query``; by default only the ones not re-driven yet."""
 
     def dead_letter_counts(self, dataset: DatasetSchema) -> dict[str, int]:
-        """Number of dead letters not re-driven, per reason."""
+        """Number of dead letters not re-driven, per reason (every stream)."""
 
-    def dead_letter_counts_by_shard(self, dataset: DatasetSchema) -> dict[str, dict[str, int]]:
-        """Number of dead letters not re-driven, per shard then per reason."""
+    def dead_letter_counts_by_shard(self, feed: Feed) -> dict[str, dict[str, int]]:
+        """Number of dead letters of ``feed`` not re-driven, per shard then per reason."""
 
     def redrive(self, dataset: DatasetSchema, fixes: Sequence[tuple[int, Row]]) -> int:
         """In one transaction: mark each dead letter ``id`` re-driven and apply its row, for the
         ids not marked yet (a second run, or a concurrent one, applies nothing twice). Returns
         the number applied."""
 
-    def shards(self, dataset: DatasetSchema) -> list[ShardSummary]:
-        """Every shard the store has state for."""
+    def shards(self, feed: Feed) -> list[ShardSummary]:
+        """Every shard the store has state for in ``feed``."""
 
     def count_rows(self, dataset: DatasetSchema) -> int:
         """Number of stored versions (all keys, all event times)."""
 
     def close(self) -> None:
-        """Release connections."""
+        """Release every thread's connection."""

@@ -8,9 +8,12 @@ PostgreSQL's btree and WAL take random-key inserts into a large index well:
   btree on ``(key, ts, rid)`` serves lookups with one backward index probe. Text keys use the
   ``"C"`` collation (byte order: fast, and equality is what lookups need). Rows arrive by
   binary ``COPY`` (``../shared/reference/performance.md``: ~2.5 times ``executemany``).
-* ``thyme_shards``: per (dataset, shard) the last applied position, the watermark, counters.
-* ``thyme_dead_letters``: rejected records with their raw bytes (``bytea``) and reason.
-* ``thyme_datasets``: the schema each dataset version was created with.
+* ``thyme_shards``: per (dataset, version, stream, shard) the last applied position, the
+  watermark, counters.
+* ``thyme_dead_letters``: rejected records with their raw bytes (``bytea``) and reason, per
+  dataset version and stream.
+* ``thyme_datasets``: the shape each dataset version holds (widened in place, see
+  :func:`~thyme.dataset.compare_shapes`).
 * ``thyme_schema_version``: the version of these tables, created (later: upgraded) in one
   transaction under an advisory lock, so many children starting at once do not race.
 
@@ -20,8 +23,10 @@ two processes racing on a new shard serialise on it too), compares the state, an
 rows, dead letters and new state, or nothing. Read committed isolation is enough: the row lock
 orders every writer of a shard, and a statement after the lock sees the latest committed state.
 
-Connection: autocommit (reads do not hold a snapshot open), with keepalives and a connect
-timeout unless the URL sets them. A lost connection is replaced on the next call; a call whose
+Connections: from a pool (:mod:`thyme.store.pool`), one per call in progress (a connection's
+transaction is its own, so threads never share one; a forked process opens its own), autocommit
+(reads do not hold a snapshot open), with keepalives and a connect timeout unless the URL sets
+them. A lost connection is replaced on the next call; a call whose
 first statement finds the connection already dead (the server restarted in between) is retried
 once on a new connection, since nothing was sent. A connection lost during ``COMMIT`` leaves
 the outcome unknown to the caller, who retries from the same expected state: if the batch did
@@ -34,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,24 +50,27 @@ from psycopg import errors, sql
 from psycopg.conninfo import conninfo_to_dict
 
 from thyme.dataset import DatasetSchema
-from thyme.errors import SchemaChangedError, StoreConfigError, StoreUnavailableError
+from thyme.errors import StoreConfigError, StoreUnavailableError
 from thyme.store.base import (
     DEAD_LETTER_COLUMNS,
     Batch,
     Conflict,
     DeadLetter,
     DeadLetterQuery,
+    Feed,
     Key,
     Position,
     Row,
     ShardState,
     ShardSummary,
+    dead_letter,
     dead_letter_filter,
     dead_letter_values,
-    total_by_reason,
+    shape_against_stored,
 )
+from thyme.store.pool import ConnectionPool
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """Version of Thyme's own tables in a PostgreSQL store."""
 SCHEMA_LOCK: Final = 0x7468796D65
 """``pg_advisory_xact_lock`` key ("thyme") taken while creating or upgrading tables."""
@@ -95,34 +104,53 @@ CREATE TABLE IF NOT EXISTS thyme_datasets (
     created_at_us BIGINT NOT NULL, PRIMARY KEY (name, version)
 );
 CREATE TABLE IF NOT EXISTS thyme_shards (
-    dataset TEXT NOT NULL, shard TEXT NOT NULL,
+    dataset TEXT NOT NULL, version INTEGER NOT NULL, stream TEXT NOT NULL, shard TEXT NOT NULL,
     sequence TEXT, sub_sequence INTEGER, watermark_us BIGINT, ended BOOLEAN NOT NULL DEFAULT false,
     applied BIGINT NOT NULL DEFAULT 0, dead_lettered BIGINT NOT NULL DEFAULT 0,
-    updated_at_us BIGINT NOT NULL, millis_behind_latest BIGINT, PRIMARY KEY (dataset, shard)
+    updated_at_us BIGINT NOT NULL, millis_behind_latest BIGINT,
+    CONSTRAINT thyme_shards_pkey PRIMARY KEY (dataset, version, stream, shard)
 );
 CREATE TABLE IF NOT EXISTS thyme_dead_letters (
-    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, dataset TEXT NOT NULL, shard TEXT NOT NULL,
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, dataset TEXT NOT NULL, version INTEGER NOT NULL DEFAULT 0,
+    stream TEXT NOT NULL DEFAULT '', shard TEXT NOT NULL,
     sequence TEXT NOT NULL, sub_sequence INTEGER NOT NULL, partition_key TEXT NOT NULL,
     arrival_ms BIGINT, reason TEXT NOT NULL, raw BYTEA NOT NULL, recorded_at_us BIGINT NOT NULL,
     redriven_at_us BIGINT
-);
-CREATE INDEX IF NOT EXISTS thyme_dead_letters_by_reason ON thyme_dead_letters (dataset, reason, id)
+)
 """
+
+_INDEXES: Final = """
+CREATE INDEX IF NOT EXISTS thyme_dead_letters_by_version ON thyme_dead_letters (dataset, version, reason, id)
+"""
+"""Created after the upgrades (their columns may be added by one)."""
 
 _UPGRADES: Final = {
     2: (
         "ALTER TABLE thyme_shards ADD COLUMN IF NOT EXISTS millis_behind_latest BIGINT",
         "ALTER TABLE thyme_dead_letters ADD COLUMN IF NOT EXISTS redriven_at_us BIGINT",
     ),
+    # Shard state and dead letters per dataset version and stream; what was there before becomes
+    # legacy state (version 0, stream ''), adopted by the dataset's first feed (ensure_feed).
+    3: (
+        "ALTER TABLE thyme_shards ADD COLUMN IF NOT EXISTS version INTEGER NOT NULL DEFAULT 0, "
+        "ADD COLUMN IF NOT EXISTS stream TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE thyme_shards DROP CONSTRAINT IF EXISTS thyme_shards_pkey",
+        "ALTER TABLE thyme_shards ADD CONSTRAINT thyme_shards_pkey PRIMARY KEY (dataset, version, stream, shard)",
+        "ALTER TABLE thyme_dead_letters ADD COLUMN IF NOT EXISTS version INTEGER NOT NULL DEFAULT 0, "
+        "ADD COLUMN IF NOT EXISTS stream TEXT NOT NULL DEFAULT ''",
+        "DROP INDEX IF EXISTS thyme_dead_letters_by_reason",
+    ),
 }
 """Statements that bring the tables from the version before to the key's version (idempotent)."""
+LEGACY_VERSION: Final = 0
 
 _SHARD_COLUMNS: Final = "sequence, sub_sequence, watermark_us, ended"
+_SHARD_KEY: Final = "dataset = %s AND version = %s AND stream = %s AND shard = %s"
 _DEAD_LETTER_COPY: Final = (
-    "COPY thyme_dead_letters (dataset, shard, sequence, sub_sequence, partition_key, arrival_ms, reason, raw, "
-    "recorded_at_us) FROM STDIN (FORMAT BINARY)"
+    "COPY thyme_dead_letters (dataset, version, stream, shard, sequence, sub_sequence, partition_key, arrival_ms, "
+    "reason, raw, recorded_at_us) FROM STDIN (FORMAT BINARY)"
 )
-_DEAD_LETTER_TYPES: Final = ["text", "text", "text", "int4", "text", "int8", "text", "bytea", "int8"]
+_DEAD_LETTER_TYPES: Final = ["text", "int4", "text", "text", "text", "int4", "text", "int8", "text", "bytea", "int8"]
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 T = TypeVar("T")
@@ -182,7 +210,8 @@ class _DatasetSQL:
             ),
             copy=sql.SQL("COPY {} (key, ts, row) FROM STDIN (FORMAT BINARY)").format(table),
             lookup=sql.SQL(
-                "SELECT row FROM {} WHERE key = %s::{} AND ts <= %s::int8 ORDER BY ts DESC, rid DESC LIMIT 1"
+                "SELECT (SELECT row FROM {} WHERE key = k.key AND ts <= %s::int8 ORDER BY ts DESC, rid DESC LIMIT 1) "
+                "FROM unnest(%s::{}[]) WITH ORDINALITY AS k(key, n) ORDER BY k.n"
             ).format(table, cast),
             count=sql.SQL("SELECT count(*) FROM {}").format(table),
         )
@@ -203,14 +232,16 @@ class PostgresStore:
             raise StoreConfigError("store URL", self._scrub(exc, url), value=self.url) from None
         self._secret = str(given.get("password") or "")
         self._params: dict[str, Any] = {**CONNECT_DEFAULTS, **given}
-        self._conn: Conn | None = None
-        self._known: set[tuple[str, int]] = set()
+        self._known: set[DatasetSchema] = set()
+        """Dataset shapes this process has checked against the store (and created or widened)."""
+        self._feeds: set[Feed] = set()
         self._sql: dict[tuple[str, int], _DatasetSQL] = {}
-        self._begun = False
+        self._pool: ConnectionPool[Conn] = ConnectionPool(self._connect, _close)
+        self._thread = _ThreadState()
         try:
             self._run(self._ensure_tables if create_tables else lambda conn: None, what="open")
         except BaseException as exc:
-            self._drop()
+            self._pool.close()
             if not isinstance(exc, errors.InsufficientPrivilege):
                 raise
             raise StoreConfigError(
@@ -253,21 +284,28 @@ class PostgresStore:
     def _run(self, work: Callable[[Conn], T], what: str) -> T:
         """``work`` on a live connection, with errors mapped (see :meth:`_unavailable`).
 
-        If the connection turns out to be dead before ``work`` got anything done (``self._begun``
-        still False: the server restarted since the last call), it is retried once on a new one.
+        If a reused connection turns out to be dead before ``work`` got anything done (``begun``
+        still False: the server restarted since its last use), it is retried once on a new one.
         """
+        mine = self._thread
         for attempt in (1, 2):
-            fresh = self._conn is None
-            conn = self._conn = self._conn if self._conn is not None else self._connect()
-            self._begun = False
+            conn, fresh = self._pool.take()
+            mine.begun = False
             try:
-                return work(conn)
+                result = work(conn)
             except psycopg.Error as exc:
-                if conn.broken or conn.closed:
-                    self._drop()
-                    if attempt == 1 and not fresh and not self._begun:
-                        continue
+                if not (conn.broken or conn.closed):
+                    self._pool.give(conn)
+                    raise self._unavailable(exc, conn, what) from exc
+                self._pool.discard(conn)
+                if attempt == 1 and not fresh and not mine.begun:
+                    continue
                 raise self._unavailable(exc, conn, what) from exc
+            except BaseException:
+                self._pool.give(conn)  # a result carried by an exception; the transaction was rolled back
+                raise
+            self._pool.give(conn)
+            return result
         raise AssertionError("unreachable")
 
     def _unavailable(self, exc: psycopg.Error, conn: Conn, what: str) -> StoreUnavailableError:
@@ -282,18 +320,12 @@ class PostgresStore:
             raise exc
         return StoreUnavailableError(f"PostgreSQL store {self.url}: {what} failed ({self._scrub(exc)})")
 
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                conn.close()
-
     # -- tables -----------------------------------------------------------------------------
 
     def _ensure_tables(self, conn: Conn) -> None:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-            self._begun = True
+            self._thread.begun = True
             # No DDL when the tables exist: a consumer whose user may only read and write (the
             # tables created by `thyme store migrate` under an admin user) starts as well.
             (exists,) = conn.execute("SELECT to_regclass('thyme_schema_version') IS NOT NULL").fetchone() or (False,)
@@ -303,15 +335,13 @@ class PostgresStore:
                 version = None if found is None else found[0]
             else:
                 conn.execute("CREATE TABLE IF NOT EXISTS thyme_schema_version (version INTEGER NOT NULL)")
-            if version is None:
-                for statement in _TABLES.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute("INSERT INTO thyme_schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
-            elif version < SCHEMA_VERSION:
-                for step in range(version + 1, SCHEMA_VERSION + 1):
-                    for statement in _UPGRADES[step]:
-                        conn.execute(statement)
+            if version is None or version < SCHEMA_VERSION:
+                if version is None:
+                    statements = _statements(_TABLES)
+                else:
+                    statements = [s for step in range(version + 1, SCHEMA_VERSION + 1) for s in _UPGRADES[step]]
+                for statement in statements + _statements(_INDEXES):
+                    conn.execute(statement)
                 conn.execute("INSERT INTO thyme_schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
             elif version > SCHEMA_VERSION:
                 raise StoreConfigError(
@@ -328,8 +358,9 @@ class PostgresStore:
 
         def work(conn: Conn) -> str:
             statements = ["CREATE TABLE IF NOT EXISTS thyme_schema_version (version INTEGER NOT NULL)"]
-            statements += [" ".join(s.split()) for s in _TABLES.split(";") if s.strip()]
+            statements += _statements(_TABLES)
             statements += [s for step in sorted(_UPGRADES) for s in _UPGRADES[step]]  # tables made by older versions
+            statements += _statements(_INDEXES)
             statements.append(
                 f"INSERT INTO thyme_schema_version (version) SELECT {SCHEMA_VERSION} "
                 f"WHERE NOT EXISTS (SELECT FROM thyme_schema_version WHERE version >= {SCHEMA_VERSION})"
@@ -363,7 +394,7 @@ class PostgresStore:
 
     def ensure_dataset(self, schema: DatasetSchema) -> None:
         ident = (schema.name, schema.version)
-        if ident in self._known:
+        if schema in self._known:
             return
         wanted = schema.model_dump_json()
         statements = self._dataset_sql(schema)
@@ -371,7 +402,7 @@ class PostgresStore:
         def work(conn: Conn) -> None:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-                self._begun = True
+                self._thread.begun = True
                 found = conn.execute(
                     "SELECT schema_json FROM thyme_datasets WHERE name = %s AND version = %s", ident
                 ).fetchone()
@@ -383,44 +414,73 @@ class PostgresStore:
                     )
                     conn.execute(statements.create)
                     conn.execute(statements.index)
-                elif DatasetSchema.model_validate_json(found[0]) != schema:
-                    raise SchemaChangedError(
-                        f"dataset {schema.name} version {schema.version}: its fields differ from the ones "
-                        f"the store {self.url} holds for that version. Increase the version "
-                        f"(@dataset(version={schema.version + 1})) to store the new fields separately."
+                elif shape_against_stored(found[0], schema, self.url):
+                    conn.execute(
+                        "UPDATE thyme_datasets SET schema_json = %s WHERE name = %s AND version = %s", (wanted, *ident)
                     )
 
         self._run(work, what="creating the dataset's tables")
-        self._known.add(ident)
+        self._known.add(schema)
+
+    def ensure_feed(self, feed: Feed) -> None:
+        self.ensure_dataset(feed.dataset)
+        if feed in self._feeds:
+            return
+        name, version = feed.dataset.name, feed.dataset.version
+
+        def work(conn: Conn) -> None:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                self._thread.begun = True
+                legacy = conn.execute(
+                    "SELECT 1 FROM thyme_shards WHERE dataset = %s AND version = %s LIMIT 1", (name, LEGACY_VERSION)
+                ).fetchone()
+                mine = conn.execute(
+                    "SELECT 1 FROM thyme_shards WHERE dataset = %s AND version = %s AND stream = %s LIMIT 1",
+                    (name, version, feed.stream),
+                ).fetchone()
+                if legacy and not mine:
+                    conn.execute(
+                        "UPDATE thyme_shards SET version = %s, stream = %s WHERE dataset = %s AND version = %s",
+                        (version, feed.stream, name, LEGACY_VERSION),
+                    )
+                conn.execute(
+                    "UPDATE thyme_dead_letters SET version = %s, stream = %s WHERE dataset = %s AND version = %s",
+                    (version, feed.stream, name, LEGACY_VERSION),
+                )
+
+        self._run(work, what="adopting the shard state of an earlier release")
+        self._feeds.add(feed)
 
     # -- shards -----------------------------------------------------------------------------
 
-    def shard_state(self, dataset: DatasetSchema, shard: str) -> ShardState | None:
+    def shard_state(self, feed: Feed, shard: str) -> ShardState | None:
         def work(conn: Conn) -> ShardState | None:
             found = conn.execute(
-                f"SELECT {_SHARD_COLUMNS} FROM thyme_shards WHERE dataset = %s AND shard = %s", (dataset.name, shard)
+                f"SELECT {_SHARD_COLUMNS} FROM thyme_shards WHERE {_SHARD_KEY}", _shard_key(feed, shard)
             ).fetchone()
             return None if found is None else _state(*found)
 
         return self._run(work, what="reading the shard state")
 
-    def apply(self, dataset: DatasetSchema, batch: Batch, expect: ShardState | None) -> Conflict | None:
+    def apply(self, feed: Feed, batch: Batch, expect: ShardState | None) -> Conflict | None:
+        dataset = feed.dataset
         self.ensure_dataset(dataset)
         statements = self._dataset_sql(dataset)
-        ident = (dataset.name, batch.shard)
-        lock = f"SELECT {_SHARD_COLUMNS} FROM thyme_shards WHERE dataset = %s AND shard = %s FOR UPDATE"
+        ident = _shard_key(feed, batch.shard)
+        lock = f"SELECT {_SHARD_COLUMNS} FROM thyme_shards WHERE {_SHARD_KEY} FOR UPDATE"
 
         def work(conn: Conn) -> Conflict | None:
             now = _now_us()
             with conn.transaction():
                 found = conn.execute(lock, ident).fetchone()
-                self._begun = True
+                self._thread.begun = True
                 if found is None:
                     # A new shard: insert a placeholder row to lock; a racing first batch waits on
                     # it, then finds the winner's committed row (or inserts its own if we roll back).
                     inserted = conn.execute(
-                        "INSERT INTO thyme_shards (dataset, shard, updated_at_us) VALUES (%s, %s, %s) "
-                        "ON CONFLICT (dataset, shard) DO NOTHING RETURNING 1",
+                        "INSERT INTO thyme_shards (dataset, version, stream, shard, updated_at_us) VALUES "
+                        "(%s, %s, %s, %s, %s) ON CONFLICT (dataset, version, stream, shard) DO NOTHING RETURNING 1",
                         (*ident, now),
                     ).fetchone()
                     if inserted is None:
@@ -438,13 +498,13 @@ class PostgresStore:
                     with cur.copy(_DEAD_LETTER_COPY) as copy:
                         copy.set_types(_DEAD_LETTER_TYPES)
                         for d in batch.dead_letters:
-                            copy.write_row(dead_letter_values(dataset.name, _text_safe(d), now))
+                            copy.write_row(dead_letter_values(feed, _text_safe(d), now))
                 state = batch.state
                 position = state.position
                 conn.execute(
                     "UPDATE thyme_shards SET sequence = %s, sub_sequence = %s, watermark_us = %s, ended = %s, "
                     "applied = applied + %s, dead_lettered = dead_lettered + %s, updated_at_us = %s, "
-                    "millis_behind_latest = coalesce(%s, millis_behind_latest) WHERE dataset = %s AND shard = %s",
+                    f"millis_behind_latest = coalesce(%s, millis_behind_latest) WHERE {_SHARD_KEY}",
                     (
                         None if position is None else str(position.sequence),
                         None if position is None else position.sub_sequence,
@@ -464,15 +524,15 @@ class PostgresStore:
         except _RollbackWith as conflict:
             return conflict.conflict
 
-    def shards(self, dataset: DatasetSchema) -> list[ShardSummary]:
+    def shards(self, feed: Feed) -> list[ShardSummary]:
         def work(conn: Conn) -> list[ShardSummary]:
             rows = conn.execute(
                 f"SELECT shard, {_SHARD_COLUMNS}, applied, dead_lettered, updated_at_us, millis_behind_latest "
-                "FROM thyme_shards WHERE dataset = %s ORDER BY shard",
-                (dataset.name,),
+                "FROM thyme_shards WHERE dataset = %s AND version = %s AND stream = %s ORDER BY shard",
+                (feed.dataset.name, feed.dataset.version, feed.stream),
             ).fetchall()
             return [
-                ShardSummary(dataset.name, shard, _state(seq, sub, wm, ended), applied, dead, updated, lag)
+                ShardSummary(feed.dataset.name, shard, _state(seq, sub, wm, ended), applied, dead, updated, lag)
                 for shard, seq, sub, wm, ended, applied, dead, updated, lag in rows
             ]
 
@@ -481,22 +541,40 @@ class PostgresStore:
     # -- reads ------------------------------------------------------------------------------
 
     def lookup(self, dataset: DatasetSchema, key: Key, at_us: int) -> str | None:
-        self.ensure_dataset(dataset)
-        statements = self._dataset_sql(dataset)
-        if statements.key_type == "int8" and isinstance(key, int) and not INT8_MIN <= key <= INT8_MAX:
-            return None  # cannot have been stored
+        return self.lookup_many(dataset, (key,), at_us)[0]
 
-        def work(conn: Conn) -> str | None:
-            found = conn.execute(statements.lookup, (key, at_us)).fetchone()
-            return None if found is None else str(found[0])
+    def lookup_many(self, dataset: DatasetSchema, keys: Sequence[Key], at_us: int) -> list[str | None]:
+        statements = self._dataset_sql(dataset)
+        wanted: list[Key | None] = list(keys)
+        if statements.key_type == "int8":  # a key outside int8 cannot have been stored: NULL finds nothing
+            wanted = [k if isinstance(k, int) and INT8_MIN <= k <= INT8_MAX else None for k in keys]
+
+        def work(conn: Conn) -> list[str | None]:
+            if not self._readable(conn, dataset):
+                return [None] * len(wanted)
+            return [None if row is None else str(row) for (row,) in conn.execute(statements.lookup, (at_us, wanted))]
 
         return self._run(work, what="lookup")
 
+    def _readable(self, conn: Conn, dataset: DatasetSchema) -> bool:
+        """Whether the dataset version has tables to read; raises if its stored shape cannot be
+        read as ``dataset`` (never writes: a lookup does not create or widen anything)."""
+        ident = (dataset.name, dataset.version)
+        if dataset in self._known:
+            return True
+        found = conn.execute("SELECT schema_json FROM thyme_datasets WHERE name = %s AND version = %s", ident)
+        stored = found.fetchone()
+        if stored is None:
+            return False
+        shape_against_stored(stored[0], dataset, self.url)
+        return True
+
     def count_rows(self, dataset: DatasetSchema) -> int:
-        self.ensure_dataset(dataset)
         statements = self._dataset_sql(dataset)
 
         def work(conn: Conn) -> int:
+            if not self._readable(conn, dataset):
+                return 0
             found = conn.execute(statements.count).fetchone()
             return 0 if found is None else int(found[0])
 
@@ -514,20 +592,27 @@ class PostgresStore:
         select = f"SELECT {DEAD_LETTER_COLUMNS} FROM thyme_dead_letters WHERE {where} ORDER BY id LIMIT %s"
 
         def work(conn: Conn) -> list[DeadLetter]:
-            rows = conn.execute(select, (*args, limit)).fetchall()
-            return [DeadLetter(s, q, ss, pk, bytes(raw), r, a, t, i, rd) for s, q, ss, pk, raw, r, a, t, i, rd in rows]
+            return [dead_letter(row) for row in conn.execute(select, (*args, limit)).fetchall()]
 
         return self._run(work, what="reading dead letters")
 
     def dead_letter_counts(self, dataset: DatasetSchema) -> dict[str, int]:
-        return total_by_reason(self.dead_letter_counts_by_shard(dataset))
+        def work(conn: Conn) -> dict[str, int]:
+            rows = conn.execute(
+                "SELECT reason, count(*) FROM thyme_dead_letters WHERE dataset = %s AND version = %s "
+                "AND redriven_at_us IS NULL GROUP BY reason ORDER BY reason",
+                (dataset.name, dataset.version),
+            ).fetchall()
+            return {reason: int(n) for reason, n in rows}
 
-    def dead_letter_counts_by_shard(self, dataset: DatasetSchema) -> dict[str, dict[str, int]]:
+        return self._run(work, what="counting dead letters")
+
+    def dead_letter_counts_by_shard(self, feed: Feed) -> dict[str, dict[str, int]]:
         def work(conn: Conn) -> dict[str, dict[str, int]]:
             rows = conn.execute(
-                "SELECT shard, reason, count(*) FROM thyme_dead_letters WHERE dataset = %s "
-                "AND redriven_at_us IS NULL GROUP BY shard, reason ORDER BY shard, reason",
-                (dataset.name,),
+                "SELECT shard, reason, count(*) FROM thyme_dead_letters WHERE dataset = %s AND version = %s "
+                "AND stream = %s AND redriven_at_us IS NULL GROUP BY shard, reason ORDER BY shard, reason",
+                (feed.dataset.name, feed.dataset.version, feed.stream),
             ).fetchall()
             found: dict[str, dict[str, int]] = {}
             for shard, reason, n in rows:
@@ -545,13 +630,13 @@ class PostgresStore:
 
         def work(conn: Conn) -> int:
             with conn.transaction():
-                self._begun = True
+                self._thread.begun = True
                 marked = sorted(
                     r[0]
                     for r in conn.execute(
-                        "UPDATE thyme_dead_letters SET redriven_at_us = %s WHERE dataset = %s "
+                        "UPDATE thyme_dead_letters SET redriven_at_us = %s WHERE dataset = %s AND version = %s "
                         "AND redriven_at_us IS NULL AND id = ANY(%s) RETURNING id",
-                        (_now_us(), dataset.name, list(wanted)),
+                        (_now_us(), dataset.name, dataset.version, list(wanted)),
                     ).fetchall()
                 )
                 if marked:
@@ -564,7 +649,18 @@ class PostgresStore:
         return self._run(work, what="re-driving dead letters")
 
     def close(self) -> None:
-        self._drop()
+        self._pool.close()
+
+
+class _ThreadState(threading.local):
+    """Whether the thread's current work got past its first statement (then it is not retried)."""
+
+    begun: bool = False
+
+
+def _close(conn: Conn) -> None:
+    with contextlib.suppress(psycopg.Error):
+        conn.close()
 
 
 class _RollbackWith(Exception):  # noqa: N818 - control flow, never escapes this module
@@ -573,6 +669,14 @@ class _RollbackWith(Exception):  # noqa: N818 - control flow, never escapes this
     def __init__(self, conflict: Conflict) -> None:
         super().__init__("conflict")
         self.conflict = conflict
+
+
+def _statements(script: str) -> list[str]:
+    return [" ".join(s.split()) for s in script.split(";") if s.strip()]
+
+
+def _shard_key(feed: Feed, shard: str) -> tuple[str, int, str, str]:
+    return (feed.dataset.name, feed.dataset.version, feed.stream, shard)
 
 
 def _state(sequence: str | None, sub: int | None, watermark: int | None, ended: bool) -> ShardState:

@@ -19,13 +19,18 @@ takes ~32k rows/s; a recent tier merged into one main tier fell from 85k to 40k 
   entries before its sources go, so while it runs an entry may be found in two runs:
   harmless, both answer the same. A lookup reads the run list and probes every run (one
   index seek each) in one read transaction.
-* ``thyme_shards``: per (dataset, shard) the last applied position, the watermark, counters.
-* ``thyme_dead_letters``: rejected records with their raw bytes and reason.
-* ``thyme_datasets``: the schema each dataset version was created with.
+* ``thyme_shards``: per (dataset, version, stream, shard) the last applied position, the
+  watermark, counters.
+* ``thyme_dead_letters``: rejected records with their raw bytes and reason, per dataset
+  version and stream.
+* ``thyme_datasets``: the shape each dataset version holds (widened in place, see
+  :func:`~thyme.dataset.compare_shapes`).
 
 Concurrency: WAL mode, and every write transaction starts with ``BEGIN IMMEDIATE`` so that
 a writer waits (``busy_timeout``) for the lock instead of failing on upgrade. ``synchronous=FULL``:
-a committed batch survives a power cut, because the KCL checkpoint is taken after it.
+a committed batch survives a power cut, because the KCL checkpoint is taken after it. Each call
+takes a connection of its own from a pool (:mod:`thyme.store.pool`) for its transaction, so
+threads never share one, and a process made by ``fork`` opens its own.
 """
 
 from __future__ import annotations
@@ -43,22 +48,25 @@ from typing import Final
 import msgspec
 
 from thyme.dataset import DatasetSchema
-from thyme.errors import SchemaChangedError, StoreConfigError, StoreUnavailableError
+from thyme.errors import StoreConfigError, StoreUnavailableError
 from thyme.store.base import (
     DEAD_LETTER_COLUMNS,
     Batch,
     Conflict,
     DeadLetter,
     DeadLetterQuery,
+    Feed,
     Key,
     Position,
     Row,
     ShardState,
     ShardSummary,
+    dead_letter,
     dead_letter_filter,
     dead_letter_values,
-    total_by_reason,
+    shape_against_stored,
 )
+from thyme.store.pool import ConnectionPool
 
 DEFAULT_BUSY_TIMEOUT_MS: Final = 30_000
 DEFAULT_FANOUT: Final = 8
@@ -83,31 +91,51 @@ WAL_AUTOCHECKPOINT_PAGES: Final = 10_000
 """Checkpoint the WAL every ~40 MB instead of SQLite's 4 MB: index pages touched by several
 batches are copied into the database once (measured 32k → 70k rows/s at 5M rows alone)."""
 
-_SCHEMA: Final = """
+_SHARDS_TABLE: Final = """CREATE TABLE IF NOT EXISTS thyme_shards (
+    dataset TEXT NOT NULL, version INTEGER NOT NULL, stream TEXT NOT NULL, shard TEXT NOT NULL,
+    sequence TEXT, sub_sequence INTEGER, watermark_us INTEGER, ended INTEGER NOT NULL DEFAULT 0,
+    applied INTEGER NOT NULL DEFAULT 0, dead_lettered INTEGER NOT NULL DEFAULT 0,
+    updated_at_us INTEGER NOT NULL, millis_behind_latest INTEGER, PRIMARY KEY (dataset, version, stream, shard)
+)"""
+_SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS thyme_datasets (
     name TEXT NOT NULL, version INTEGER NOT NULL, schema_json TEXT NOT NULL,
     created_at_us INTEGER NOT NULL, PRIMARY KEY (name, version)
 );
-CREATE TABLE IF NOT EXISTS thyme_shards (
-    dataset TEXT NOT NULL, shard TEXT NOT NULL,
-    sequence TEXT, sub_sequence INTEGER, watermark_us INTEGER, ended INTEGER NOT NULL DEFAULT 0,
-    applied INTEGER NOT NULL DEFAULT 0, dead_lettered INTEGER NOT NULL DEFAULT 0,
-    updated_at_us INTEGER NOT NULL, millis_behind_latest INTEGER, PRIMARY KEY (dataset, shard)
-);
+{_SHARDS_TABLE};
 CREATE TABLE IF NOT EXISTS thyme_dead_letters (
-    id INTEGER PRIMARY KEY, dataset TEXT NOT NULL, shard TEXT NOT NULL,
+    id INTEGER PRIMARY KEY, dataset TEXT NOT NULL, version INTEGER NOT NULL DEFAULT 0,
+    stream TEXT NOT NULL DEFAULT '', shard TEXT NOT NULL,
     sequence TEXT NOT NULL, sub_sequence INTEGER NOT NULL, partition_key TEXT NOT NULL,
     arrival_ms INTEGER, reason TEXT NOT NULL, raw BLOB NOT NULL, recorded_at_us INTEGER NOT NULL,
     redriven_at_us INTEGER
-);
-CREATE INDEX IF NOT EXISTS thyme_dead_letters_by_reason ON thyme_dead_letters (dataset, reason);
+)
 """
 
 _ADDED_COLUMNS: Final = (
-    ("thyme_shards", "millis_behind_latest", "INTEGER"),
     ("thyme_dead_letters", "redriven_at_us", "INTEGER"),
+    ("thyme_dead_letters", "version", "INTEGER NOT NULL DEFAULT 0"),
+    ("thyme_dead_letters", "stream", "TEXT NOT NULL DEFAULT ''"),
 )
-"""Columns added after the first release: a file created before them gets them on open."""
+"""Columns added after the first release: a file created before them gets them on open. Dead
+letters written before they had a version and a stream get version 0 and stream '' (legacy,
+adopted by :meth:`SQLiteStore.ensure_feed`)."""
+
+_INDEXES: Final = """
+DROP INDEX IF EXISTS thyme_dead_letters_by_reason;
+CREATE INDEX IF NOT EXISTS thyme_dead_letters_by_version ON thyme_dead_letters (dataset, version, reason)
+"""
+
+_SHARDS_BEFORE_FEEDS: Final = """
+ALTER TABLE thyme_shards RENAME TO thyme_shards_before_feeds;
+{create};
+INSERT INTO thyme_shards SELECT dataset, 0, '', shard, sequence, sub_sequence, watermark_us, ended, applied,
+    dead_lettered, updated_at_us, {lag} FROM thyme_shards_before_feeds;
+DROP TABLE thyme_shards_before_feeds
+"""
+"""A file whose shard state was keyed by (dataset, shard) only: its rows become legacy state
+(version 0, stream ''), adopted by the dataset's first feed."""
+LEGACY_VERSION: Final = 0
 
 
 def _now_us() -> int:
@@ -124,7 +152,7 @@ def table_name(dataset: DatasetSchema) -> str:
 
 
 class SQLiteStore:
-    """The embedded SQLite store. Safe for many processes; one instance per process."""
+    """The embedded SQLite store. Safe for many processes, and for many threads of each."""
 
     def __init__(
         self, path: str | Path, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS, fanout: int = DEFAULT_FANOUT
@@ -136,48 +164,73 @@ class SQLiteStore:
         self.url = f"sqlite:///{self.path}"
         self._busy_timeout_ms = busy_timeout_ms
         self._fanout = fanout
-        self._known: set[tuple[str, int]] = set()
+        self._known: set[DatasetSchema] = set()
+        """Dataset shapes this process has checked against the store (and created or widened)."""
+        self._feeds: set[Feed] = set()
+        self._pool: ConnectionPool[sqlite3.Connection] = ConnectionPool(self._connect, sqlite3.Connection.close)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                self.path, isolation_level=None, timeout=busy_timeout_ms / 1000, check_same_thread=False
-            )
-            self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             with self._write():
                 pass  # wait for the lock before switching the journal mode
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = FULL")
-            self._db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-            self._db.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
-            self._db.execute("PRAGMA temp_store = MEMORY")
-            with self._write():
+            with self._pool.connection() as db:
+                db.execute("PRAGMA journal_mode = WAL")
+            with self._write() as db:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
-                        self._db.execute(statement)
-                for table, column, declared in _ADDED_COLUMNS:
-                    columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
-                    if column not in columns:
-                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declared}")
+                        db.execute(statement)
+                _upgrade(db, self._size_class)
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailableError(f"cannot open the SQLite store {self.path}: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        # check_same_thread=False: the pool hands a connection to one thread at a time, not always the same
+        db = sqlite3.connect(
+            self.path, isolation_level=None, timeout=self._busy_timeout_ms / 1000, check_same_thread=False
+        )
+        db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        db.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+        db.execute("PRAGMA temp_store = MEMORY")
+        return db
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A connection for reads outside a transaction; errors mapped as for writes."""
+        with self._pool.connection() as db:
+            try:
+                yield db
+            except sqlite3.Error as exc:
+                raise self._unavailable(exc) from exc
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: every statement in it sees the file as it was at its first read."""
+        with self._read() as db:
+            db.execute("BEGIN")
+            try:
+                yield db
+            finally:
+                if db.in_transaction:
+                    db.execute("COMMIT")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken with ``BEGIN IMMEDIATE``; rolled back on any error."""
-        db = self._db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise self._unavailable(exc) from exc
-        try:
-            yield db
-            db.execute("COMMIT")
-        except BaseException as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
+        with self._pool.connection() as db:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
                 raise self._unavailable(exc) from exc
-            raise
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException as exc:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise self._unavailable(exc) from exc
+                raise
 
     def _unavailable(self, exc: sqlite3.Error) -> StoreUnavailableError:
         """A transient condition (lock, full disk, I/O) as :class:`StoreUnavailableError`.
@@ -202,7 +255,7 @@ class SQLiteStore:
 
     def ensure_dataset(self, schema: DatasetSchema) -> None:
         ident = (schema.name, schema.version)
-        if ident in self._known:
+        if schema in self._known:
             return
         wanted = schema.model_dump_json()
         with self._write() as db:
@@ -217,37 +270,49 @@ class SQLiteStore:
                 table = table_name(schema)
                 db.execute(f'CREATE TABLE IF NOT EXISTS "{table}" (rid INTEGER PRIMARY KEY, row TEXT NOT NULL)')
                 _create_index(db, table)
-            elif DatasetSchema.model_validate_json(found[0]) != schema:
-                raise SchemaChangedError(
-                    f"dataset {schema.name} version {schema.version}: its fields differ from the ones "
-                    f"the store {self.url} holds for that version. Increase the version "
-                    f"(@dataset(version={schema.version + 1})) to store the new fields separately."
+            elif shape_against_stored(found[0], schema, self.url):
+                db.execute("UPDATE thyme_datasets SET schema_json = ? WHERE name = ? AND version = ?", (wanted, *ident))
+        self._known.add(schema)
+
+    def ensure_feed(self, feed: Feed) -> None:
+        self.ensure_dataset(feed.dataset)
+        if feed in self._feeds:
+            return
+        name, version = feed.dataset.name, feed.dataset.version
+        with self._write() as db:
+            if (
+                db.execute(
+                    "SELECT 1 FROM thyme_shards WHERE dataset = ? AND version = ? LIMIT 1", (name, LEGACY_VERSION)
+                ).fetchone()
+                and not db.execute(
+                    "SELECT 1 FROM thyme_shards WHERE dataset = ? AND version = ? AND stream = ? LIMIT 1",
+                    (name, version, feed.stream),
+                ).fetchone()
+            ):
+                db.execute(
+                    "UPDATE thyme_shards SET version = ?, stream = ? WHERE dataset = ? AND version = ?",
+                    (version, feed.stream, name, LEGACY_VERSION),
                 )
-            else:
-                _upgrade_index(db, table_name(schema), self._size_class)
-        self._known.add(ident)
+            db.execute(
+                "UPDATE thyme_dead_letters SET version = ?, stream = ? WHERE dataset = ? AND version = ?",
+                (version, feed.stream, name, LEGACY_VERSION),
+            )
+        self._feeds.add(feed)
 
     # -- shards -----------------------------------------------------------------------------
 
-    def shard_state(self, dataset: DatasetSchema, shard: str) -> ShardState | None:
-        try:
-            found = self._db.execute(
-                "SELECT sequence, sub_sequence, watermark_us, ended FROM thyme_shards WHERE dataset = ? AND shard = ?",
-                (dataset.name, shard),
-            ).fetchone()
-        except sqlite3.Error as exc:
-            raise self._unavailable(exc) from exc
+    def shard_state(self, feed: Feed, shard: str) -> ShardState | None:
+        with self._read() as db:
+            found = db.execute(_SELECT_STATE, _shard_key(feed, shard)).fetchone()
         return None if found is None else _state(*found)
 
-    def apply(self, dataset: DatasetSchema, batch: Batch, expect: ShardState | None) -> Conflict | None:
+    def apply(self, feed: Feed, batch: Batch, expect: ShardState | None) -> Conflict | None:
+        dataset = feed.dataset
         self.ensure_dataset(dataset)
         now = _now_us()
         prepared = _prepare(batch.rows) if batch.rows else None  # before the write lock: others may write
         with self._write() as db:
-            found = db.execute(
-                "SELECT sequence, sub_sequence, watermark_us, ended FROM thyme_shards WHERE dataset = ? AND shard = ?",
-                (dataset.name, batch.shard),
-            ).fetchone()
+            found = db.execute(_SELECT_STATE, _shard_key(feed, batch.shard)).fetchone()
             current = None if found is None else _state(*found)
             if current != expect:
                 return Conflict(current)
@@ -255,23 +320,22 @@ class SQLiteStore:
                 self._insert_rows(db, dataset, prepared)
             if batch.dead_letters:
                 db.executemany(
-                    "INSERT INTO thyme_dead_letters (dataset, shard, sequence, sub_sequence, "
-                    "partition_key, arrival_ms, reason, raw, recorded_at_us) VALUES (?,?,?,?,?,?,?,?,?)",
-                    [dead_letter_values(dataset.name, d, now) for d in batch.dead_letters],
+                    "INSERT INTO thyme_dead_letters (dataset, version, stream, shard, sequence, sub_sequence, "
+                    "partition_key, arrival_ms, reason, raw, recorded_at_us) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    [dead_letter_values(feed, d, now) for d in batch.dead_letters],
                 )
             state = batch.state
             position = state.position
             db.execute(
-                "INSERT INTO thyme_shards (dataset, shard, sequence, sub_sequence, watermark_us, ended, "
-                "applied, dead_lettered, updated_at_us, millis_behind_latest) VALUES (?,?,?,?,?,?,?,?,?,?) "
-                "ON CONFLICT (dataset, shard) DO UPDATE SET sequence = excluded.sequence, "
+                "INSERT INTO thyme_shards (dataset, version, stream, shard, sequence, sub_sequence, watermark_us, "
+                "ended, applied, dead_lettered, updated_at_us, millis_behind_latest) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT (dataset, version, stream, shard) DO UPDATE SET sequence = excluded.sequence, "
                 "sub_sequence = excluded.sub_sequence, watermark_us = excluded.watermark_us, "
                 "ended = excluded.ended, applied = applied + excluded.applied, "
                 "dead_lettered = dead_lettered + excluded.dead_lettered, updated_at_us = excluded.updated_at_us, "
                 "millis_behind_latest = coalesce(excluded.millis_behind_latest, millis_behind_latest)",
                 (
-                    dataset.name,
-                    batch.shard,
+                    *_shard_key(feed, batch.shard),
                     None if position is None else str(position.sequence),
                     None if position is None else position.sub_sequence,
                     state.watermark_us,
@@ -297,9 +361,9 @@ class SQLiteStore:
                 marked += [
                     r[0]
                     for r in db.execute(
-                        "UPDATE thyme_dead_letters SET redriven_at_us = ? WHERE dataset = ? AND redriven_at_us IS NULL "
-                        f"AND id IN ({','.join('?' * len(ids))}) RETURNING id",
-                        (now, dataset.name, *ids),
+                        "UPDATE thyme_dead_letters SET redriven_at_us = ? WHERE dataset = ? AND version = ? "
+                        f"AND redriven_at_us IS NULL AND id IN ({','.join('?' * len(ids))}) RETURNING id",
+                        (now, dataset.name, dataset.version, *ids),
                     )
                 ]
             marked.sort()  # apply in the order the records were recorded
@@ -398,47 +462,68 @@ class SQLiteStore:
         else:
             db.execute(f"UPDATE {runs} SET entries = entries + ? WHERE run = ?", (moved, target))
 
-    def shards(self, dataset: DatasetSchema) -> list[ShardSummary]:
-        rows = self._db.execute(
-            "SELECT shard, sequence, sub_sequence, watermark_us, ended, applied, dead_lettered, "
-            "updated_at_us, millis_behind_latest FROM thyme_shards WHERE dataset = ? ORDER BY shard",
-            (dataset.name,),
-        ).fetchall()
+    def shards(self, feed: Feed) -> list[ShardSummary]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT shard, sequence, sub_sequence, watermark_us, ended, applied, dead_lettered, updated_at_us, "
+                "millis_behind_latest FROM thyme_shards WHERE dataset = ? AND version = ? AND stream = ? "
+                "ORDER BY shard",
+                (feed.dataset.name, feed.dataset.version, feed.stream),
+            ).fetchall()
         return [
-            ShardSummary(dataset.name, shard, _state(seq, sub, wm, ended), applied, dead, updated, lag)
+            ShardSummary(feed.dataset.name, shard, _state(seq, sub, wm, ended), applied, dead, updated, lag)
             for shard, seq, sub, wm, ended, applied, dead, updated, lag in rows
         ]
 
     # -- reads ------------------------------------------------------------------------------
 
     def lookup(self, dataset: DatasetSchema, key: Key, at_us: int) -> str | None:
-        self.ensure_dataset(dataset)
+        return self.lookup_many(dataset, (key,), at_us)[0]
+
+    def lookup_many(self, dataset: DatasetSchema, keys: Sequence[Key], at_us: int) -> list[str | None]:
         table = table_name(dataset)
-        db = self._db
-        db.execute("BEGIN")  # one snapshot: the run list and the runs as they were together
-        try:
+        with self._snapshot() as db:  # the run list and the runs as they were together
+            if not self._readable(db, dataset):
+                return [None] * len(keys)
             runs = [run for (run,) in db.execute(f'SELECT run FROM "{table}_runs"')]
-            best: tuple[int, int] | None = None
+            statements = []
             for start in range(0, len(runs), LOOKUP_ARMS):
-                part = runs[start : start + LOOKUP_ARMS]
                 arms = " UNION ALL ".join(
                     f'SELECT * FROM (SELECT ts, rid FROM "{table}_run{int(run)}" WHERE key = ?1 AND ts <= ?2 '
                     "ORDER BY ts DESC, rid DESC LIMIT 1)"
-                    for run in part
+                    for run in runs[start : start + LOOKUP_ARMS]
                 )
-                found = db.execute(f"{arms} ORDER BY ts DESC, rid DESC LIMIT 1", (key, at_us)).fetchone()
-                if found is not None and (best is None or found > best):
-                    best = (found[0], found[1])
-            if best is None:
-                return None
-            row = db.execute(f'SELECT row FROM "{table}" WHERE rid = ?', (best[1],)).fetchone()
-            return None if row is None else str(row[0])
-        finally:
-            db.execute("COMMIT")
+                statements.append(f"{arms} ORDER BY ts DESC, rid DESC LIMIT 1")
+            found: list[str | None] = []
+            for key in keys:
+                best: tuple[int, int] | None = None
+                for statement in statements:
+                    hit = db.execute(statement, (key, at_us)).fetchone()
+                    if hit is not None and (best is None or hit > best):
+                        best = (hit[0], hit[1])
+                row = None if best is None else db.execute(f'SELECT row FROM "{table}" WHERE rid = ?', (best[1],))
+                data = None if row is None else row.fetchone()
+                found.append(None if data is None else str(data[0]))
+            return found
+
+    def _readable(self, db: sqlite3.Connection, dataset: DatasetSchema) -> bool:
+        """Whether the dataset version has tables to read; raises if its stored shape cannot be
+        read as ``dataset`` (never writes: a lookup does not create or widen anything)."""
+        if dataset in self._known:
+            return True
+        found = db.execute(
+            "SELECT schema_json FROM thyme_datasets WHERE name = ? AND version = ?", (dataset.name, dataset.version)
+        ).fetchone()
+        if found is None:
+            return False
+        shape_against_stored(found[0], dataset, self.url)
+        return True
 
     def count_rows(self, dataset: DatasetSchema) -> int:
-        self.ensure_dataset(dataset)
-        return int(self._db.execute(f'SELECT count(*) FROM "{table_name(dataset)}"').fetchone()[0])
+        with self._read() as db:
+            if not self._readable(db, dataset):
+                return 0
+            return int(db.execute(f'SELECT count(*) FROM "{table_name(dataset)}"').fetchone()[0])
 
     def dead_letters(
         self,
@@ -449,27 +534,36 @@ class SQLiteStore:
         query: DeadLetterQuery | None = None,
     ) -> list[DeadLetter]:
         where, args = dead_letter_filter(dataset, reason, query or DeadLetterQuery(), "?")
-        rows = self._db.execute(
-            f"SELECT {DEAD_LETTER_COLUMNS} FROM thyme_dead_letters WHERE {where} ORDER BY id LIMIT ?", (*args, limit)
-        ).fetchall()
-        return [DeadLetter(s, q, ss, pk, bytes(raw), r, a, t, i, rd) for s, q, ss, pk, raw, r, a, t, i, rd in rows]
+        with self._read() as db:
+            rows = db.execute(
+                f"SELECT {DEAD_LETTER_COLUMNS} FROM thyme_dead_letters WHERE {where} ORDER BY id LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+        return [dead_letter(row) for row in rows]
 
     def dead_letter_counts(self, dataset: DatasetSchema) -> dict[str, int]:
-        return total_by_reason(self.dead_letter_counts_by_shard(dataset))
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT reason, count(*) FROM thyme_dead_letters WHERE dataset = ? AND version = ? "
+                "AND redriven_at_us IS NULL GROUP BY reason ORDER BY reason",
+                (dataset.name, dataset.version),
+            ).fetchall()
+        return {reason: int(n) for reason, n in rows}
 
-    def dead_letter_counts_by_shard(self, dataset: DatasetSchema) -> dict[str, dict[str, int]]:
-        rows = self._db.execute(
-            "SELECT shard, reason, count(*) FROM thyme_dead_letters WHERE dataset = ? AND redriven_at_us IS NULL "
-            "GROUP BY shard, reason ORDER BY shard, reason",
-            (dataset.name,),
-        ).fetchall()
+    def dead_letter_counts_by_shard(self, feed: Feed) -> dict[str, dict[str, int]]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT shard, reason, count(*) FROM thyme_dead_letters WHERE dataset = ? AND version = ? "
+                "AND stream = ? AND redriven_at_us IS NULL GROUP BY shard, reason ORDER BY shard, reason",
+                (feed.dataset.name, feed.dataset.version, feed.stream),
+            ).fetchall()
         found: dict[str, dict[str, int]] = {}
         for shard, reason, n in rows:
             found.setdefault(shard, {})[reason] = int(n)
         return found
 
     def close(self) -> None:
-        self._db.close()
+        self._pool.close()
 
 
 @dataclass(frozen=True)
@@ -557,6 +651,34 @@ def _upgrade_index(db: sqlite3.Connection, table: str, size_class: Callable[[int
             f'INSERT INTO "{table}_runs" (run, size_class, entries) VALUES (?, ?, ?)',
             (run, size_class(entries), entries),
         )
+
+
+_SELECT_STATE: Final = (
+    "SELECT sequence, sub_sequence, watermark_us, ended FROM thyme_shards "
+    "WHERE dataset = ? AND version = ? AND stream = ? AND shard = ?"
+)
+
+
+def _shard_key(feed: Feed, shard: str) -> tuple[str, int, str, str]:
+    return (feed.dataset.name, feed.dataset.version, feed.stream, shard)
+
+
+def _upgrade(db: sqlite3.Connection, size_class: Callable[[int], int]) -> None:
+    """Bring a file written by an earlier release to the current layout (in the open transaction)."""
+    for name, version in db.execute("SELECT name, version FROM thyme_datasets").fetchall():
+        _upgrade_index(db, f"ds_{name}_v{version}", size_class)
+    for table, column, declared in _ADDED_COLUMNS:
+        columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in columns:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declared}")
+    shard_columns = {row[1] for row in db.execute("PRAGMA table_info(thyme_shards)")}
+    if "stream" not in shard_columns:
+        create = _SHARDS_TABLE
+        lag = "millis_behind_latest" if "millis_behind_latest" in shard_columns else "NULL"
+        for statement in _SHARDS_BEFORE_FEEDS.format(create=create, lag=lag).split(";"):
+            db.execute(statement)
+    for statement in _INDEXES.split(";"):
+        db.execute(statement)
 
 
 def _state(sequence: str | None, sub: int | None, watermark: int | None, ended: int) -> ShardState:
