@@ -14,7 +14,8 @@ run by run inside one invocation):
    batch processor + pydantic model + ``executemany``) in the same runs; two children on two
    shards of the same store at once against one.
 2. lookup — p50/p99 of single-key lookups (as of now, as of a past time) in a separate
-   process while a child writes, on the same stores.
+   process while a child writes, on the same stores; and a threaded server's load: 1, 4 and
+   16 threads sharing one store, lookups/s and p50/p99.
 3. e2e — through the real daemon on the local stack (``benchmarks/e2e.py``).
 4. memory — the child's peak RSS for 10,000 x 200 B batches and for 100 KiB records.
 5. scaling — throughput and lookup latency at 1M, 5M and 20M rows (SQLite).
@@ -192,7 +193,7 @@ class Bench:
         import msgspec
 
         from record_processor.decode import RecordDecoder
-        from tests.factories import SourcedClick
+        from tests.factories import SourcedClick, feed_of
         from thyme.dataset import dataset_schema
         from thyme.store import Batch, Position, ShardState, open_store
 
@@ -211,7 +212,8 @@ class Bench:
         store = open_store(url)
         rates: list[float] = []
         try:
-            store.ensure_dataset(schema)
+            feed = feed_of(schema)
+            store.ensure_feed(feed)
             expect: ShardState | None = None
             position = 0
             for _round in range(rounds):
@@ -219,7 +221,7 @@ class Bench:
                 for rows in batches:
                     position += 1
                     state = ShardState(Position(position), None)
-                    if store.apply(schema, Batch(shard, state, rows), expect) is not None:
+                    if store.apply(feed, Batch(shard, state, rows), expect) is not None:
                         raise RuntimeError("the shard state changed under the store-alone run")
                     expect = state
                 rates.append(sum(map(len, batches)) / (time.perf_counter() - started))
@@ -559,7 +561,40 @@ class Bench:
                 f"lookup p50 / p99 as of a past time, {label} 5M, writing",
                 f"{m['past_p50_ms']:.2f} / {m['past_p99_ms']:.2f} ms",
             )
+            threaded = self.lookup_threads(kind)
+            out[kind]["threads"] = threaded
+            for threads, figures in threaded.items():
+                self.row(
+                    "2",
+                    f"lookups from {threads} thread{'s' if threads > 1 else ''} sharing one store, {label} 5M: "
+                    "lookups/s; p50 / p99",
+                    f"{figures['per_s']:,.0f}; {figures['p50_ms']:.2f} / {figures['p99_ms']:.2f} ms",
+                )
         self.results["lookup"] = out
+
+    def lookup_threads(self, kind: str, seconds: float = 5.0) -> dict[int, dict[str, float]]:
+        """A threaded server's load on the 5M store (no writer): the median of ``--repeat`` runs
+        for 1, 4 and 16 threads, run by run alternating the thread counts."""
+        url = self.store(kind, FIVE_M)
+        runs: dict[int, list[dict[str, float]]] = {1: [], 4: [], 16: []}
+        for _i in range(self.args.repeat):
+            for threads, per_run in runs.items():
+                command = [sys.executable, str(BENCH / "lookup_client.py"), "--store", url, "--rows", str(FIVE_M)]
+                command += ["--threads", str(threads), "--seconds", str(seconds)]
+                done = subprocess.run(command, capture_output=True, check=True, cwd=REPO, timeout=300)
+                data = json.loads(done.stdout)
+                per_run.append(
+                    {
+                        "per_s": data["lookups"] / data["seconds"],
+                        "p50_ms": pct(data["latencies_ms"], 0.5),
+                        "p99_ms": pct(data["latencies_ms"], 0.99),
+                    }
+                )
+                log(
+                    f"  {kind} {threads:2} threads: {per_run[-1]['per_s']:,.0f} lookups/s, "
+                    f"p50 {per_run[-1]['p50_ms']:.2f} p99 {per_run[-1]['p99_ms']:.2f} ms"
+                )
+        return {t: {k: median([r[k] for r in per_run]) for k in per_run[0]} for t, per_run in runs.items()}
 
     def memory(self) -> None:
         log("\n== 4. memory per child")
@@ -704,6 +739,7 @@ def main(argv: list[str] | None = None) -> int:
     args.repeat = max(1, args.repeat)
 
     began = time.monotonic()
+    args.cache.mkdir(parents=True, exist_ok=True)  # results/ is not in a fresh clone
     with tempfile.TemporaryDirectory(prefix="thyme-suite-", dir=args.cache.parent) as tmp:
         bench = Bench(args, Path(tmp))
         steps: dict[str, Callable[[], None]] = {
