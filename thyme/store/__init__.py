@@ -3,10 +3,7 @@ PostgreSQL (``postgresql://…``) when consumers on several hosts share one stor
 
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
-from typing import Final
 from urllib.parse import parse_qs, urlsplit
 
 from thyme.errors import StoreConfigError
@@ -19,13 +16,11 @@ from thyme.store.base import (
     Position,
     Row,
     ShardState,
+    ShardStore,
     ShardSummary,
     Store,
 )
-from thyme.store.sqlite import DEFAULT_BUSY_TIMEOUT_MS, DEFAULT_FANOUT, SQLiteStore
-
-ENV_STORE_URL: Final = "THYME_STORE_URL"
-DEFAULT_STORE_URL: Final = "sqlite:///thyme.db"
+from thyme.store.url import DEFAULT_STORE_URL, ENV_STORE_URL, redact_url, store_url
 
 __all__ = [
     "DEFAULT_STORE_URL",
@@ -37,8 +32,8 @@ __all__ = [
     "Feed",
     "Position",
     "Row",
-    "SQLiteStore",
     "ShardState",
+    "ShardStore",
     "ShardSummary",
     "Store",
     "open_store",
@@ -47,33 +42,10 @@ __all__ = [
 ]
 
 
-def store_url(explicit: str | None = None) -> str:
-    """The store URL in force: the explicit one, else ``THYME_STORE_URL``, else ``sqlite:///thyme.db``."""
-    return explicit or os.environ.get(ENV_STORE_URL) or DEFAULT_STORE_URL
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (safe for logs and errors): everything between
-    ``user:`` and the URL's last ``@`` (so a password that was not percent-encoded is hidden
-    whole; an ``@`` later in the URL only hides more), and ``password``/``sslpassword`` query values."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    userinfo, at, after = rest.rpartition("@")
-    if at and ":" in userinfo:
-        rest = f"{userinfo.split(':', 1)[0]}:***@{after}"
-    return f"{scheme}://{_QUERY_SECRET.sub(_hide, rest)}"
-
-
-_QUERY_SECRET: Final = re.compile(r"(?i)([?&](?:ssl)?password=)[^&#]*")
-
-
-def _hide(match: re.Match[str]) -> str:
-    return f"{match[1]}***"
-
-
-def open_store(url: str | None = None) -> Store:
-    """Open the store named by ``url`` (see :func:`store_url`).
+def open_store(url: str | None = None, *, create: bool = True) -> Store:
+    """Open the store named by ``url`` (see :func:`store_url`). ``create=False`` creates nothing:
+    a SQLite file must exist, Thyme's PostgreSQL tables are left as they are (for a script to
+    print). The backend's module, and its driver, are imported here, on first use.
 
     ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``. Query parameters:
     ``busy_timeout_ms`` (default 30000) bounds how long a writer waits for the file lock;
@@ -112,6 +84,8 @@ def open_store(url: str | None = None) -> Store:
                 value=redact_url(url),
             )
         query = parse_qs(parts.query)
+        from thyme.store.sqlite import DEFAULT_BUSY_TIMEOUT_MS, DEFAULT_FANOUT, SQLiteStore
+
         options = {"busy_timeout_ms": DEFAULT_BUSY_TIMEOUT_MS, "fanout": DEFAULT_FANOUT}
         least = {"busy_timeout_ms": 1, "fanout": 2}
         unknown = set(query) - set(options)
@@ -132,7 +106,15 @@ def open_store(url: str | None = None) -> Store:
                     value=given,
                 )
             options[name] = int(given)
-        return SQLiteStore(Path(parts.path[1:]), **options)
+        path = Path(parts.path[1:])
+        if not create and not path.is_file():
+            raise StoreConfigError(
+                "store URL",
+                f"no SQLite store at {path}",
+                "Check the path; a store is created by the consumer (thyme kinesis run) or thyme store migrate.",
+                value=redact_url(url),
+            )
+        return SQLiteStore(path, **options)
     if parts.scheme in ("postgresql", "postgres"):
         try:
             from thyme.store.postgres import PostgresStore
@@ -146,7 +128,7 @@ def open_store(url: str | None = None) -> Store:
                 "Run: pip install 'thyme-kinesis[postgres]'.",
                 value=redact_url(url),
             ) from None
-        return PostgresStore(url)
+        return PostgresStore(url, create_tables=create)
     raise StoreConfigError(
         "store URL",
         f"unsupported store scheme {parts.scheme!r}",

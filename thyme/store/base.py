@@ -7,6 +7,9 @@ stream (``shardId-000000000000``), so a shard's state belongs to its feed: point
 at another stream starts from nothing, never from the first stream's positions or watermarks.
 It needs few operations:
 
+The contract is two protocols: :class:`ShardStore`, the few operations a shard's worker needs,
+and :class:`Store`, which adds what serving and operators use.
+
 * :meth:`Store.apply` applies one batch **atomically**: its rows, its dead letters and the
   shard's new :class:`ShardState` commit together or not at all. It is a compare-and-set on
   the shard state: if the stored state is not the one the caller computed the batch from
@@ -25,10 +28,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from thyme.dataset import DatasetSchema, compare_shapes
-from thyme.errors import SchemaChangedError
+from thyme.schema import DatasetSchema
 
 Key = str | int
 
@@ -94,24 +96,6 @@ class DeadLetter:
     """The stream it was read from (filled in when read back; written from the batch's feed)."""
 
 
-def dead_letter_values(feed: Feed, letter: DeadLetter, recorded_at_us: int) -> tuple[object, ...]:
-    """A dead letter as the stores' ``thyme_dead_letters`` columns, in their order: dataset, version,
-    stream, shard, sequence, sub_sequence, partition_key, arrival_ms, reason, raw, recorded_at_us."""
-    return (
-        feed.dataset.name,
-        feed.dataset.version,
-        feed.stream,
-        letter.shard,
-        letter.sequence,
-        letter.sub_sequence,
-        letter.partition_key,
-        letter.arrival_ms,
-        letter.reason,
-        letter.raw,
-        recorded_at_us,
-    )
-
-
 @dataclass(frozen=True)
 class DeadLetterQuery:
     """Filters for :meth:`Store.dead_letters` (all optional; combined with AND)."""
@@ -126,50 +110,6 @@ class DeadLetterQuery:
     after_id: int = 0
     """Only ids above this one (to page through)."""
     include_redriven: bool = False
-
-
-DEAD_LETTER_COLUMNS = (
-    "shard, sequence, sub_sequence, partition_key, raw, reason, arrival_ms, recorded_at_us, id, redriven_at_us, stream"
-)
-"""The columns read back into a :class:`DeadLetter`, in its field order."""
-
-
-def dead_letter(row: Sequence[Any]) -> DeadLetter:
-    """A :class:`DeadLetter` from a row of :data:`DEAD_LETTER_COLUMNS` (``raw`` as bytes, whatever
-    buffer type the driver returns)."""
-    shard, sequence, sub_sequence, partition_key, raw, *rest = row
-    return DeadLetter(shard, sequence, sub_sequence, partition_key, bytes(raw), *rest)
-
-
-def dead_letter_filter(
-    dataset: DatasetSchema, reason: str | None, query: DeadLetterQuery, mark: str
-) -> tuple[str, tuple[object, ...]]:
-    """The WHERE clause (with ``mark`` as the parameter placeholder) and its arguments."""
-    where = ["dataset = {}", "version = {}"]
-    args: list[object] = [dataset.name, dataset.version]
-    for column, value in (
-        ("reason = {}", reason),
-        ("shard = {}", query.shard),
-        ("stream = {}", query.stream),
-        ("recorded_at_us >= {}", query.since_us),
-        ("recorded_at_us < {}", query.until_us),
-        ("id > {}", query.after_id or None),
-    ):
-        if value is not None:
-            where.append(column)
-            args.append(value)
-    if not query.include_redriven:
-        where.append("redriven_at_us IS NULL")
-    return " AND ".join(where).format(*[mark] * len(args)), tuple(args)
-
-
-def total_by_reason(by_shard: dict[str, dict[str, int]]) -> dict[str, int]:
-    """Per-shard dead-letter counts added up per reason (sorted by reason)."""
-    totals: dict[str, int] = {}
-    for reasons in by_shard.values():
-        for reason, n in reasons.items():
-            totals[reason] = totals.get(reason, 0) + n
-    return dict(sorted(totals.items()))
 
 
 Row = tuple[Key, int, str]
@@ -213,38 +153,18 @@ class ShardSummary:
     """As reported with the last applied batch."""
 
 
-def shape_against_stored(stored_json: str, schema: DatasetSchema, url: str) -> bool:
-    """Whether ``schema`` widens the shape the store holds for its name and version (the store then
-    records ``schema`` in its place). Raises :class:`~thyme.errors.SchemaChangedError`, naming the
-    difference, when stored rows could not be read back under ``schema``."""
-    change = compare_shapes(DatasetSchema.model_validate_json(stored_json), schema)
-    if change in ("same", "narrows"):
-        return False
-    if change == "widens":
-        return True
-    raise SchemaChangedError(
-        f"dataset {schema.name} version {schema.version}: its fields differ from the ones the store {url} "
-        f"holds for that version ({change}). Increase the version (@dataset(version={schema.version + 1})): "
-        "a new version is a dataset of its own, fed from the source's init_position"
-    )
-
-
-class Store(Protocol):
-    """A Thyme store backend. See the module docstring for the guarantees.
-
-    Safe to share between threads (each thread uses its own connection) and to use after a
-    ``fork`` (the child opens its own)."""
+class ShardStore(Protocol):
+    """What a shard's worker needs: a handful of operations. See the module docstring for what
+    "atomically" and "replay" mean. Safe to share between threads, and to use after a ``fork``."""
 
     url: str
     """The store URL with any password removed (safe to print)."""
 
-    def ensure_dataset(self, schema: DatasetSchema) -> None:
-        """Create the dataset's tables if needed; record a widened shape (:func:`compare_shapes`);
-        refuse an incompatible one with :class:`~thyme.errors.SchemaChangedError`."""
-
     def ensure_feed(self, feed: Feed) -> None:
-        """:meth:`ensure_dataset`, then adopt shard state and dead letters written before stores
-        kept them per stream and version (the dataset's first feed takes them, once)."""
+        """Create the dataset's tables if needed and record its shape, widening the stored one when
+        rows can follow (:func:`~thyme.schema.compare_shapes`), else raise
+        :class:`~thyme.errors.SchemaChangedError`; then adopt shard state and dead letters written
+        before they were kept per stream and version (the dataset's first feed takes them, once)."""
 
     def shard_state(self, feed: Feed, shard: str) -> ShardState | None:
         """The stored state of a shard, or None if nothing was applied yet."""
@@ -252,12 +172,29 @@ class Store(Protocol):
     def apply(self, feed: Feed, batch: Batch, expect: ShardState | None) -> Conflict | None:
         """Apply ``batch`` atomically if the stored state equals ``expect``; else a :class:`Conflict`."""
 
+    def close(self) -> None:
+        """Release the connections."""
+
+
+class Store(ShardStore, Protocol):
+    """A whole store: the worker's operations and the ones serving and operators use."""
+
+    def ensure_dataset(self, schema: DatasetSchema) -> None:
+        """Create the dataset's tables if needed and record (or widen) its shape; refuse one stored
+        rows cannot follow with :class:`~thyme.errors.SchemaChangedError`."""
+
     def lookup(self, dataset: DatasetSchema, key: Key, at_us: int) -> str | None:
         """The row (JSON) of the newest version of ``key`` with event time ≤ ``at_us``; ties go
         to the one applied last (stream order). Reads only: a dataset never written is None."""
 
     def lookup_many(self, dataset: DatasetSchema, keys: Sequence[Key], at_us: int) -> list[str | None]:
         """:meth:`lookup` for each key, in order, from one read snapshot."""
+
+    def count_rows(self, dataset: DatasetSchema) -> int:
+        """Number of stored versions (all keys, all event times)."""
+
+    def shards(self, feed: Feed) -> list[ShardSummary]:
+        """Every shard the store has state for in ``feed``."""
 
     def dead_letters(
         self,
@@ -281,11 +218,7 @@ class Store(Protocol):
         ids not marked yet (a second run, or a concurrent one, applies nothing twice). Returns
         the number applied."""
 
-    def shards(self, feed: Feed) -> list[ShardSummary]:
-        """Every shard the store has state for in ``feed``."""
-
-    def count_rows(self, dataset: DatasetSchema) -> int:
-        """Number of stored versions (all keys, all event times)."""
-
-    def close(self) -> None:
-        """Release every thread's connection."""
+    def migration_script(self, datasets: Sequence[DatasetSchema]) -> str:
+        """The SQL that creates or upgrades Thyme's tables and the datasets' tables, for an admin to
+        review and run (``thyme store migrate --print``); a store that creates its tables itself
+        raises :class:`~thyme.errors.StoreConfigError` saying so."""

@@ -3,17 +3,15 @@
 Same semantics as the SQLite store (``thyme/store/base.py``); the layout is simpler because
 PostgreSQL's btree and WAL take random-key inserts into a large index well:
 
-* ``ds_<name>_v<version>``: the rows, ``(rid, key, ts, row)``; ``rid`` is an identity column
-  (apply order: within a shard, stream order; it breaks ties between equal event times) and a
-  btree on ``(key, ts, rid)`` serves lookups with one backward index probe. Text keys use the
-  ``"C"`` collation (byte order: fast, and equality is what lookups need). Rows arrive by
-  binary ``COPY`` (``../shared/reference/performance.md``: ~2.5 times ``executemany``).
+* ``ds_<name>_v<version>``: the rows, with a btree on ``(key, ts, rid)`` (the layout, the
+  schema version and its upgrades are in :mod:`thyme.store.postgres_schema`). Rows arrive by
+  binary ``COPY`` (~2.5 times ``executemany``).
 * ``thyme_shards``: per (dataset, version, stream, shard) the last applied position, the
   watermark, counters.
 * ``thyme_dead_letters``: rejected records with their raw bytes (``bytea``) and reason, per
   dataset version and stream.
 * ``thyme_datasets``: the shape each dataset version holds (widened in place, see
-  :func:`~thyme.dataset.compare_shapes`).
+  :func:`~thyme.schema.compare_shapes`).
 * ``thyme_schema_version``: the version of these tables, created (later: upgraded) in one
   transaction under an advisory lock, so many children starting at once do not race.
 
@@ -38,42 +36,23 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import threading
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import psycopg
-from psycopg import errors, sql
+from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict
 
-from thyme.dataset import DatasetSchema
 from thyme.errors import StoreConfigError, StoreUnavailableError
-from thyme.store.base import (
-    DEAD_LETTER_COLUMNS,
-    Batch,
-    Conflict,
-    DeadLetter,
-    DeadLetterQuery,
-    Feed,
-    Key,
-    Position,
-    Row,
-    ShardState,
-    ShardSummary,
-    dead_letter,
-    dead_letter_filter,
-    dead_letter_values,
-    shape_against_stored,
-)
+from thyme.schema import DatasetSchema, SchemaSet
+from thyme.store import common, postgres_schema
+from thyme.store.base import Batch, Conflict, DeadLetter, DeadLetterQuery, Feed, Key, Row, ShardState, ShardSummary
+from thyme.store.common import Statements
 from thyme.store.pool import ConnectionPool
+from thyme.store.postgres_schema import SCHEMA_LOCK, SCHEMA_VERSION, Conn, DatasetSQL, table_name
+from thyme.store.url import redact_url
 
-SCHEMA_VERSION: Final = 3
-"""Version of Thyme's own tables in a PostgreSQL store."""
-SCHEMA_LOCK: Final = 0x7468796D65
-"""``pg_advisory_xact_lock`` key ("thyme") taken while creating or upgrading tables."""
 CONNECT_DEFAULTS: Final = {
     "connect_timeout": "10",
     "keepalives": "1",
@@ -98,62 +77,14 @@ _CONFIG_PHRASES: Final = (
 )
 """Connection failures that retrying will not fix: the URL (or the server's setup) is wrong."""
 
-_TABLES: Final = """
-CREATE TABLE IF NOT EXISTS thyme_datasets (
-    name TEXT NOT NULL, version INTEGER NOT NULL, schema_json TEXT NOT NULL,
-    created_at_us BIGINT NOT NULL, PRIMARY KEY (name, version)
-);
-CREATE TABLE IF NOT EXISTS thyme_shards (
-    dataset TEXT NOT NULL, version INTEGER NOT NULL, stream TEXT NOT NULL, shard TEXT NOT NULL,
-    sequence TEXT, sub_sequence INTEGER, watermark_us BIGINT, ended BOOLEAN NOT NULL DEFAULT false,
-    applied BIGINT NOT NULL DEFAULT 0, dead_lettered BIGINT NOT NULL DEFAULT 0,
-    updated_at_us BIGINT NOT NULL, millis_behind_latest BIGINT,
-    CONSTRAINT thyme_shards_pkey PRIMARY KEY (dataset, version, stream, shard)
-);
-CREATE TABLE IF NOT EXISTS thyme_dead_letters (
-    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, dataset TEXT NOT NULL, version INTEGER NOT NULL DEFAULT 0,
-    stream TEXT NOT NULL DEFAULT '', shard TEXT NOT NULL,
-    sequence TEXT NOT NULL, sub_sequence INTEGER NOT NULL, partition_key TEXT NOT NULL,
-    arrival_ms BIGINT, reason TEXT NOT NULL, raw BYTEA NOT NULL, recorded_at_us BIGINT NOT NULL,
-    redriven_at_us BIGINT
-)
-"""
-
-_INDEXES: Final = """
-CREATE INDEX IF NOT EXISTS thyme_dead_letters_by_version ON thyme_dead_letters (dataset, version, reason, id)
-"""
-"""Created after the upgrades (their columns may be added by one)."""
-
-_UPGRADES: Final = {
-    2: (
-        "ALTER TABLE thyme_shards ADD COLUMN IF NOT EXISTS millis_behind_latest BIGINT",
-        "ALTER TABLE thyme_dead_letters ADD COLUMN IF NOT EXISTS redriven_at_us BIGINT",
-    ),
-    # Shard state and dead letters per dataset version and stream; what was there before becomes
-    # legacy state (version 0, stream ''), adopted by the dataset's first feed (ensure_feed).
-    3: (
-        "ALTER TABLE thyme_shards ADD COLUMN IF NOT EXISTS version INTEGER NOT NULL DEFAULT 0, "
-        "ADD COLUMN IF NOT EXISTS stream TEXT NOT NULL DEFAULT ''",
-        "ALTER TABLE thyme_shards DROP CONSTRAINT IF EXISTS thyme_shards_pkey",
-        "ALTER TABLE thyme_shards ADD CONSTRAINT thyme_shards_pkey PRIMARY KEY (dataset, version, stream, shard)",
-        "ALTER TABLE thyme_dead_letters ADD COLUMN IF NOT EXISTS version INTEGER NOT NULL DEFAULT 0, "
-        "ADD COLUMN IF NOT EXISTS stream TEXT NOT NULL DEFAULT ''",
-        "DROP INDEX IF EXISTS thyme_dead_letters_by_reason",
-    ),
-}
-"""Statements that bring the tables from the version before to the key's version (idempotent)."""
-LEGACY_VERSION: Final = 0
-
-_SHARD_COLUMNS: Final = "sequence, sub_sequence, watermark_us, ended"
-_SHARD_KEY: Final = "dataset = %s AND version = %s AND stream = %s AND shard = %s"
-_DEAD_LETTER_COPY: Final = (
-    "COPY thyme_dead_letters (dataset, version, stream, shard, sequence, sub_sequence, partition_key, arrival_ms, "
-    "reason, raw, recorded_at_us) FROM STDIN (FORMAT BINARY)"
-)
+SQL: Final = Statements.with_mark("%s")
+_DEAD_LETTER_COPY: Final = f"COPY thyme_dead_letters ({common.DEAD_LETTER_INSERT_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 _DEAD_LETTER_TYPES: Final = ["text", "int4", "text", "text", "text", "int4", "text", "int8", "text", "bytea", "int8"]
-
-Conn = psycopg.Connection[tuple[Any, ...]]
+_LOCK_STATE: Final = f"{SQL.select_state} FOR UPDATE"
+_SHARD_KEY: Final = common.SHARD_KEY.replace("?", "%s")
 T = TypeVar("T")
+
+__all__ = ["SCHEMA_VERSION", "PostgresStore", "table_name"]
 
 
 def _text_safe(letter: DeadLetter) -> DeadLetter:
@@ -163,68 +94,12 @@ def _text_safe(letter: DeadLetter) -> DeadLetter:
     return dataclasses.replace(letter, partition_key=letter.partition_key.replace("\x00", "\ufffd"))
 
 
-def _now_us() -> int:
-    return time.time_ns() // 1000
-
-
-def _identifier(base: str, suffix: str = "") -> str:
-    """``base + suffix``, shortened with a hash if longer than PostgreSQL's 63-byte names."""
-    name = base + suffix
-    if len(name) <= 63:
-        return name
-    digest = hashlib.sha1(base.encode(), usedforsecurity=False).hexdigest()[:8]
-    return f"{base[: 63 - len(suffix) - 9]}_{digest}{suffix}"
-
-
-def table_name(dataset: DatasetSchema) -> str:
-    """The rows table of a dataset version (the name is validated by ``@dataset``)."""
-    return _identifier(f"ds_{dataset.name}_v{dataset.version}")
-
-
-@dataclass(frozen=True)
-class _DatasetSQL:
-    key_type: str
-    """``text`` or ``int8``: the binary COPY type of the key column."""
-    create: sql.Composed
-    index: sql.Composed
-    copy: sql.Composed
-    lookup: sql.Composed
-    count: sql.Composed
-
-    @classmethod
-    def of(cls, dataset: DatasetSchema) -> _DatasetSQL:
-        base = table_name(dataset)
-        table = sql.Identifier(base)
-        is_int = dataset.key_field.type.kind == "int"
-        key_type = "int8" if is_int else "text"
-        column = sql.SQL("BIGINT" if is_int else 'TEXT COLLATE "C"')
-        cast = sql.SQL(key_type)
-        return cls(
-            key_type=key_type,
-            create=sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {} (rid BIGINT GENERATED ALWAYS AS IDENTITY, key {} NOT NULL, "
-                "ts BIGINT NOT NULL, row TEXT NOT NULL)"
-            ).format(table, column),
-            index=sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (key, ts, rid)").format(
-                sql.Identifier(_identifier(base, "_key_ts")), table
-            ),
-            copy=sql.SQL("COPY {} (key, ts, row) FROM STDIN (FORMAT BINARY)").format(table),
-            lookup=sql.SQL(
-                "SELECT (SELECT row FROM {} WHERE key = k.key AND ts <= %s::int8 ORDER BY ts DESC, rid DESC LIMIT 1) "
-                "FROM unnest(%s::{}[]) WITH ORDINALITY AS k(key, n) ORDER BY k.n"
-            ).format(table, cast),
-            count=sql.SQL("SELECT count(*) FROM {}").format(table),
-        )
-
-
 class PostgresStore:
     """The PostgreSQL store. Safe for many processes and hosts; one instance per process."""
 
     def __init__(self, url: str, create_tables: bool = True) -> None:
         """Connect; with ``create_tables`` (the default), create Thyme's tables if they are missing.
         ``create_tables=False`` only connects (``thyme store migrate --print`` changes nothing)."""
-        from thyme.store import redact_url
-
         self.url = redact_url(url)
         try:
             given = conninfo_to_dict(url)
@@ -232,10 +107,12 @@ class PostgresStore:
             raise StoreConfigError("store URL", self._scrub(exc, url), value=self.url) from None
         self._secret = str(given.get("password") or "")
         self._params: dict[str, Any] = {**CONNECT_DEFAULTS, **given}
-        self._known: set[DatasetSchema] = set()
+        self._known = SchemaSet()
         """Dataset shapes this process has checked against the store (and created or widened)."""
+        self._read_known = SchemaSet()
+        """Dataset shapes this process found readable or recorded (lookups never record or widen one)."""
         self._feeds: set[Feed] = set()
-        self._sql: dict[tuple[str, int], _DatasetSQL] = {}
+        self._sql: dict[tuple[str, int], DatasetSQL] = {}
         self._pool: ConnectionPool[Conn] = ConnectionPool(self._connect, _close)
         self._thread = _ThreadState()
         try:
@@ -320,134 +197,57 @@ class PostgresStore:
             raise exc
         return StoreUnavailableError(f"PostgreSQL store {self.url}: {what} failed ({self._scrub(exc)})")
 
-    # -- tables -----------------------------------------------------------------------------
+    # -- tables, datasets and feeds -------------------------------------------------------------
+
+    def _locked(self, conn: Conn) -> None:
+        """In a transaction: wait for the schema lock (creating or upgrading tables, recording
+        shapes: one process at a time, so many children starting at once do not race)."""
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        self._thread.begun = True
 
     def _ensure_tables(self, conn: Conn) -> None:
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-            self._thread.begun = True
-            # No DDL when the tables exist: a consumer whose user may only read and write (the
-            # tables created by `thyme store migrate` under an admin user) starts as well.
-            (exists,) = conn.execute("SELECT to_regclass('thyme_schema_version') IS NOT NULL").fetchone() or (False,)
-            version = None
-            if exists:
-                found = conn.execute("SELECT max(version) FROM thyme_schema_version").fetchone()
-                version = None if found is None else found[0]
-            else:
-                conn.execute("CREATE TABLE IF NOT EXISTS thyme_schema_version (version INTEGER NOT NULL)")
-            if version is None or version < SCHEMA_VERSION:
-                if version is None:
-                    statements = _statements(_TABLES)
-                else:
-                    statements = [s for step in range(version + 1, SCHEMA_VERSION + 1) for s in _UPGRADES[step]]
-                for statement in statements + _statements(_INDEXES):
-                    conn.execute(statement)
-                conn.execute("INSERT INTO thyme_schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
-            elif version > SCHEMA_VERSION:
-                raise StoreConfigError(
-                    "store URL",
-                    f"the store's tables are at version {version}, newer than this Thyme's ({SCHEMA_VERSION})",
-                    "Upgrade thyme-kinesis on this host.",
-                    value=self.url,
-                )
+            self._locked(conn)
+            postgres_schema.bring_up_to_date(conn, self.url)
 
     def migration_script(self, datasets: Sequence[DatasetSchema]) -> str:
         """The SQL that creates Thyme's tables (at :data:`SCHEMA_VERSION`) and the given datasets'
         tables, for a DBA to review and run (``thyme store migrate --print``). Idempotent: it can
         be run on a store that has them. Consumers then only need to read and write."""
+        return self._run(lambda conn: postgres_schema.migration_script(conn, datasets), what="rendering the migration")
 
-        def work(conn: Conn) -> str:
-            statements = ["CREATE TABLE IF NOT EXISTS thyme_schema_version (version INTEGER NOT NULL)"]
-            statements += _statements(_TABLES)
-            statements += [s for step in sorted(_UPGRADES) for s in _UPGRADES[step]]  # tables made by older versions
-            statements += _statements(_INDEXES)
-            statements.append(
-                f"INSERT INTO thyme_schema_version (version) SELECT {SCHEMA_VERSION} "
-                f"WHERE NOT EXISTS (SELECT FROM thyme_schema_version WHERE version >= {SCHEMA_VERSION})"
-            )
-            for dataset in datasets:
-                parts = self._dataset_sql(dataset)
-                statements.append(
-                    sql.SQL(
-                        "INSERT INTO thyme_datasets (name, version, schema_json, created_at_us) "
-                        "VALUES ({}, {}, {}, {}) ON CONFLICT (name, version) DO NOTHING"
-                    )
-                    .format(
-                        sql.Literal(dataset.name),
-                        sql.Literal(dataset.version),
-                        sql.Literal(dataset.model_dump_json()),
-                        sql.Literal(_now_us()),
-                    )
-                    .as_string(conn)
-                )
-                statements += [parts.create.as_string(conn), parts.index.as_string(conn)]
-            return "BEGIN;\n" + ";\n".join(statements) + ";\nCOMMIT;\n"
-
-        return self._run(work, what="rendering the migration")
-
-    def _dataset_sql(self, dataset: DatasetSchema) -> _DatasetSQL:
+    def _dataset_sql(self, dataset: DatasetSchema) -> DatasetSQL:
         ident = (dataset.name, dataset.version)
         found = self._sql.get(ident)
         if found is None:
-            found = self._sql[ident] = _DatasetSQL.of(dataset)
+            found = self._sql[ident] = DatasetSQL.of(dataset)
         return found
 
     def ensure_dataset(self, schema: DatasetSchema) -> None:
-        ident = (schema.name, schema.version)
         if schema in self._known:
             return
-        wanted = schema.model_dump_json()
         statements = self._dataset_sql(schema)
 
         def work(conn: Conn) -> None:
             with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-                self._thread.begun = True
-                found = conn.execute(
-                    "SELECT schema_json FROM thyme_datasets WHERE name = %s AND version = %s", ident
-                ).fetchone()
-                if found is None:
-                    conn.execute(
-                        "INSERT INTO thyme_datasets (name, version, schema_json, created_at_us) "
-                        "VALUES (%s, %s, %s, %s)",
-                        (*ident, wanted, _now_us()),
-                    )
+                self._locked(conn)
+                if common.register_shape(conn.execute, SQL, schema, self.url):
                     conn.execute(statements.create)
                     conn.execute(statements.index)
-                elif shape_against_stored(found[0], schema, self.url):
-                    conn.execute(
-                        "UPDATE thyme_datasets SET schema_json = %s WHERE name = %s AND version = %s", (wanted, *ident)
-                    )
 
         self._run(work, what="creating the dataset's tables")
         self._known.add(schema)
+        self._read_known.add(schema)
 
     def ensure_feed(self, feed: Feed) -> None:
         self.ensure_dataset(feed.dataset)
         if feed in self._feeds:
             return
-        name, version = feed.dataset.name, feed.dataset.version
 
         def work(conn: Conn) -> None:
             with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-                self._thread.begun = True
-                legacy = conn.execute(
-                    "SELECT 1 FROM thyme_shards WHERE dataset = %s AND version = %s LIMIT 1", (name, LEGACY_VERSION)
-                ).fetchone()
-                mine = conn.execute(
-                    "SELECT 1 FROM thyme_shards WHERE dataset = %s AND version = %s AND stream = %s LIMIT 1",
-                    (name, version, feed.stream),
-                ).fetchone()
-                if legacy and not mine:
-                    conn.execute(
-                        "UPDATE thyme_shards SET version = %s, stream = %s WHERE dataset = %s AND version = %s",
-                        (version, feed.stream, name, LEGACY_VERSION),
-                    )
-                conn.execute(
-                    "UPDATE thyme_dead_letters SET version = %s, stream = %s WHERE dataset = %s AND version = %s",
-                    (version, feed.stream, name, LEGACY_VERSION),
-                )
+                self._locked(conn)
+                common.adopt_legacy(conn.execute, SQL, feed)
 
         self._run(work, what="adopting the shard state of an earlier release")
         self._feeds.add(feed)
@@ -456,10 +256,8 @@ class PostgresStore:
 
     def shard_state(self, feed: Feed, shard: str) -> ShardState | None:
         def work(conn: Conn) -> ShardState | None:
-            found = conn.execute(
-                f"SELECT {_SHARD_COLUMNS} FROM thyme_shards WHERE {_SHARD_KEY}", _shard_key(feed, shard)
-            ).fetchone()
-            return None if found is None else _state(*found)
+            found = conn.execute(SQL.select_state, common.shard_key(feed, shard)).fetchone()
+            return None if found is None else common.shard_state(*found)
 
         return self._run(work, what="reading the shard state")
 
@@ -467,13 +265,12 @@ class PostgresStore:
         dataset = feed.dataset
         self.ensure_dataset(dataset)
         statements = self._dataset_sql(dataset)
-        ident = _shard_key(feed, batch.shard)
-        lock = f"SELECT {_SHARD_COLUMNS} FROM thyme_shards WHERE {_SHARD_KEY} FOR UPDATE"
+        ident = common.shard_key(feed, batch.shard)
 
         def work(conn: Conn) -> Conflict | None:
-            now = _now_us()
+            now = common.now_us()
             with conn.transaction():
-                found = conn.execute(lock, ident).fetchone()
+                found = conn.execute(_LOCK_STATE, ident).fetchone()
                 self._thread.begun = True
                 if found is None:
                     # A new shard: insert a placeholder row to lock; a racing first batch waits on
@@ -484,8 +281,8 @@ class PostgresStore:
                         (*ident, now),
                     ).fetchone()
                     if inserted is None:
-                        found = conn.execute(lock, ident).fetchone()
-                current = None if found is None else _state(*found)
+                        found = conn.execute(_LOCK_STATE, ident).fetchone()
+                current = None if found is None else common.shard_state(*found)
                 if current != expect:
                     raise _RollbackWith(Conflict(current))
                 cur = conn.cursor()
@@ -498,7 +295,7 @@ class PostgresStore:
                     with cur.copy(_DEAD_LETTER_COPY) as copy:
                         copy.set_types(_DEAD_LETTER_TYPES)
                         for d in batch.dead_letters:
-                            copy.write_row(dead_letter_values(feed, _text_safe(d), now))
+                            copy.write_row(common.dead_letter_values(feed, _text_safe(d), now))
                 state = batch.state
                 position = state.position
                 conn.execute(
@@ -526,15 +323,8 @@ class PostgresStore:
 
     def shards(self, feed: Feed) -> list[ShardSummary]:
         def work(conn: Conn) -> list[ShardSummary]:
-            rows = conn.execute(
-                f"SELECT shard, {_SHARD_COLUMNS}, applied, dead_lettered, updated_at_us, millis_behind_latest "
-                "FROM thyme_shards WHERE dataset = %s AND version = %s AND stream = %s ORDER BY shard",
-                (feed.dataset.name, feed.dataset.version, feed.stream),
-            ).fetchall()
-            return [
-                ShardSummary(feed.dataset.name, shard, _state(seq, sub, wm, ended), applied, dead, updated, lag)
-                for shard, seq, sub, wm, ended, applied, dead, updated, lag in rows
-            ]
+            key = (feed.dataset.name, feed.dataset.version, feed.stream)
+            return common.shard_summaries(feed, conn.execute(SQL.select_shards, key).fetchall())
 
         return self._run(work, what="reading the shards")
 
@@ -557,17 +347,7 @@ class PostgresStore:
         return self._run(work, what="lookup")
 
     def _readable(self, conn: Conn, dataset: DatasetSchema) -> bool:
-        """Whether the dataset version has tables to read; raises if its stored shape cannot be
-        read as ``dataset`` (never writes: a lookup does not create or widen anything)."""
-        ident = (dataset.name, dataset.version)
-        if dataset in self._known:
-            return True
-        found = conn.execute("SELECT schema_json FROM thyme_datasets WHERE name = %s AND version = %s", ident)
-        stored = found.fetchone()
-        if stored is None:
-            return False
-        shape_against_stored(stored[0], dataset, self.url)
-        return True
+        return common.readable(conn.execute, SQL, dataset, self.url, self._read_known)
 
     def count_rows(self, dataset: DatasetSchema) -> int:
         statements = self._dataset_sql(dataset)
@@ -588,36 +368,25 @@ class PostgresStore:
         *,
         query: DeadLetterQuery | None = None,
     ) -> list[DeadLetter]:
-        where, args = dead_letter_filter(dataset, reason, query or DeadLetterQuery(), "%s")
-        select = f"SELECT {DEAD_LETTER_COLUMNS} FROM thyme_dead_letters WHERE {where} ORDER BY id LIMIT %s"
+        where, args = SQL.dead_letter_filter(dataset, reason, query or DeadLetterQuery())
+        select = f"SELECT {common.DEAD_LETTER_COLUMNS} FROM thyme_dead_letters WHERE {where} ORDER BY id LIMIT %s"
 
         def work(conn: Conn) -> list[DeadLetter]:
-            return [dead_letter(row) for row in conn.execute(select, (*args, limit)).fetchall()]
+            return [common.dead_letter(row) for row in conn.execute(select, (*args, limit)).fetchall()]
 
         return self._run(work, what="reading dead letters")
 
     def dead_letter_counts(self, dataset: DatasetSchema) -> dict[str, int]:
         def work(conn: Conn) -> dict[str, int]:
-            rows = conn.execute(
-                "SELECT reason, count(*) FROM thyme_dead_letters WHERE dataset = %s AND version = %s "
-                "AND redriven_at_us IS NULL GROUP BY reason ORDER BY reason",
-                (dataset.name, dataset.version),
-            ).fetchall()
+            rows = conn.execute(SQL.dead_letter_counts, (dataset.name, dataset.version)).fetchall()
             return {reason: int(n) for reason, n in rows}
 
         return self._run(work, what="counting dead letters")
 
     def dead_letter_counts_by_shard(self, feed: Feed) -> dict[str, dict[str, int]]:
         def work(conn: Conn) -> dict[str, dict[str, int]]:
-            rows = conn.execute(
-                "SELECT shard, reason, count(*) FROM thyme_dead_letters WHERE dataset = %s AND version = %s "
-                "AND stream = %s AND redriven_at_us IS NULL GROUP BY shard, reason ORDER BY shard, reason",
-                (feed.dataset.name, feed.dataset.version, feed.stream),
-            ).fetchall()
-            found: dict[str, dict[str, int]] = {}
-            for shard, reason, n in rows:
-                found.setdefault(shard, {})[reason] = int(n)
-            return found
+            key = (feed.dataset.name, feed.dataset.version, feed.stream)
+            return common.counts_by_shard(conn.execute(SQL.dead_letter_counts_by_shard, key).fetchall())
 
         return self._run(work, what="counting dead letters")
 
@@ -636,7 +405,7 @@ class PostgresStore:
                     for r in conn.execute(
                         "UPDATE thyme_dead_letters SET redriven_at_us = %s WHERE dataset = %s AND version = %s "
                         "AND redriven_at_us IS NULL AND id = ANY(%s) RETURNING id",
-                        (_now_us(), dataset.name, dataset.version, list(wanted)),
+                        (common.now_us(), dataset.name, dataset.version, list(wanted)),
                     ).fetchall()
                 )
                 if marked:
@@ -669,16 +438,3 @@ class _RollbackWith(Exception):  # noqa: N818 - control flow, never escapes this
     def __init__(self, conflict: Conflict) -> None:
         super().__init__("conflict")
         self.conflict = conflict
-
-
-def _statements(script: str) -> list[str]:
-    return [" ".join(s.split()) for s in script.split(";") if s.strip()]
-
-
-def _shard_key(feed: Feed, shard: str) -> tuple[str, int, str, str]:
-    return (feed.dataset.name, feed.dataset.version, feed.stream, shard)
-
-
-def _state(sequence: str | None, sub: int | None, watermark: int | None, ended: bool) -> ShardState:
-    position = None if sequence is None else Position(int(sequence), sub or 0)
-    return ShardState(position=position, watermark_us=watermark, ended=bool(ended))
