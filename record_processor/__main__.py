@@ -6,17 +6,19 @@ import argparse
 import os
 import sys
 
-from record_processor import log as child_log
-from record_processor.config import ProcessorConfig
-from record_processor.lateness import LatenessPolicy
 from record_processor.lineage import parent_watermark_from_leases
-from record_processor.processor import RetryPolicy, ShardWorker
+from record_processor.worker import RetryPolicy, ShardWorker
+from thyme import logs
 from thyme.errors import ThymeError
+from thyme.handover import (
+    DEFAULT_GIVE_UP_AFTER_S,
+    ENV_DATASET,
+    ENV_PROCESSOR_CONFIG,
+    ENV_STORE_GIVE_UP,
+    ProcessorConfig,
+)
+from thyme.records import LatenessPolicy
 from thyme.store import open_store, redact_url, store_url
-
-ENV_CONFIG = "THYME_PROCESSOR_CONFIG"
-ENV_DATASET = "THYME_DATASET"
-ENV_GIVE_UP = "THYME_STORE_GIVE_UP_AFTER_S"
 
 
 def build_worker(config: ProcessorConfig) -> ShardWorker:
@@ -38,15 +40,20 @@ def build_worker(config: ProcessorConfig) -> ShardWorker:
 
 def load_config(argv: list[str] | None = None) -> ProcessorConfig:
     parser = argparse.ArgumentParser(prog="python -m record_processor", description=__doc__)
-    parser.add_argument("--config", default=os.environ.get(ENV_CONFIG), help=f"processor config JSON (${ENV_CONFIG})")
+    parser.add_argument(
+        "--config",
+        default=os.environ.get(ENV_PROCESSOR_CONFIG),
+        help=f"processor config JSON (${ENV_PROCESSOR_CONFIG})",
+    )
     parser.add_argument("--dataset", default=os.environ.get(ENV_DATASET), help=f"MODULE:DATASET (${ENV_DATASET})")
     parser.add_argument("--store", default=None, help="store URL (default: $THYME_STORE_URL or sqlite:///thyme.db)")
     parser.add_argument(
         "--give-up-after",
         type=float,
-        default=os.environ.get(ENV_GIVE_UP) or None,
+        default=os.environ.get(ENV_STORE_GIVE_UP) or None,
         metavar="SECONDS",
-        help=f"how long to retry a batch against an unavailable store before exiting (${ENV_GIVE_UP}, default 120)",
+        help="how long to retry a batch against an unavailable store before exiting "
+        f"(${ENV_STORE_GIVE_UP}, default {DEFAULT_GIVE_UP_AFTER_S:.0f})",
     )
     parser.add_argument(
         "--metrics",
@@ -62,7 +69,7 @@ def load_config(argv: list[str] | None = None) -> ProcessorConfig:
 
         config = ProcessorConfig.from_dataset(load_dataset(args.dataset))
     else:
-        parser.error(f"give --config or --dataset (or set {ENV_CONFIG} / {ENV_DATASET})")
+        parser.error(f"give --config or --dataset (or set {ENV_PROCESSOR_CONFIG} / {ENV_DATASET})")
     if args.store:
         config = config.model_copy(update={"store_url": args.store})
     if args.metrics is not None:
@@ -74,7 +81,7 @@ def load_config(argv: list[str] | None = None) -> ProcessorConfig:
 
 def main(argv: list[str] | None = None) -> int:
     context: dict[str, object] = {"component": "record_processor"}
-    child_log.configure(context)
+    logs.configure(context)
     try:
         config = load_config(argv)
         context["dataset"] = config.dataset.name

@@ -27,8 +27,9 @@ from amazon_kclpy.v3 import processor as v3
 
 from record_processor.envelope import InputRecord, decode_process_records, from_base64
 from record_processor.metrics import EmfMetrics
-from record_processor.processor import BatchFailedError, ShardWorker
+from record_processor.worker import BatchFailedError, ShardWorker
 from thyme.errors import ThymeError
+from thyme.handover import BATCH_APPLIED, BatchEvent
 from thyme.store.base import Position
 
 log = logging.getLogger("record_processor.kcl")
@@ -111,26 +112,22 @@ class KclProcessor(v3.RecordProcessorBase):  # type: ignore[misc]
         started = time.perf_counter()
         lag = process_records_input.millis_behind_latest
         outcome = _guard(lambda: self.worker.process(records, lag))
-        seconds = time.perf_counter() - started
-        log.info(
-            "batch applied",
-            extra={
-                "fields": {
-                    "first": records[0].sequence if records else None,
-                    "last": records[-1].sequence if records else None,
-                    "received": outcome.received,
-                    "applied": outcome.applied,
-                    "replayed": outcome.replayed,
-                    "dead_letters": dict(outcome.dead_letters),
-                    "attempts": outcome.attempts,
-                    "millis_behind_latest": lag,
-                    "seconds": round(seconds, 4),
-                    "store_seconds": round(outcome.store_seconds, 4),
-                }
-            },
+        event = BatchEvent(
+            shard=self.worker.shard,
+            first=records[0].sequence if records else None,
+            last=records[-1].sequence if records else None,
+            received=outcome.received,
+            applied=outcome.applied,
+            replayed=outcome.replayed,
+            dead_letters=dict(outcome.dead_letters),
+            attempts=outcome.attempts,
+            millis_behind_latest=lag,
+            seconds=round(time.perf_counter() - started, 4),
+            store_seconds=round(outcome.store_seconds, 4),
         )
+        log.info(BATCH_APPLIED, extra={"fields": event.fields()})
         if self.metrics is not None:
-            self.metrics.batch(self.worker.shard, outcome, seconds, lag)
+            self.metrics.batch(event)
         if outcome.last is not None:
             self._last = outcome.last
             self._checkpoint(process_records_input.checkpointer, str(outcome.last.sequence), outcome.last.sub_sequence)

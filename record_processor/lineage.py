@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from thyme.store.base import Feed, Store
+from thyme.store.base import Feed, ShardStore
 
 log = logging.getLogger("record_processor.lineage")
 
 
 def parent_watermark_from_leases(
-    store: Store, feed: Feed, table: str, region: str, endpoint_url: str | None
+    store: ShardStore, feed: Feed, table: str, region: str, endpoint_url: str | None
 ) -> Callable[[str], int | None]:
     """A function giving the greatest stored watermark among a shard's parents (None if none)."""
 

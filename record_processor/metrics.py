@@ -2,9 +2,9 @@
 
 One JSON line per applied batch, per shard. CloudWatch Logs turns such lines into metrics
 when they reach a log group (the ECS ``awslogs`` driver, Fluent Bit / FireLens, or the
-CloudWatch agent carry stderr there), so no agent or API call is needed in the child. The
-same line is readable as a log line. ``thyme kinesis run`` also reads these lines to show
-progress on a terminal (:mod:`thyme.kinesis.progress`).
+CloudWatch agent carry stderr there), so no agent or API call is needed in the child. Each
+line is derived from the batch's :class:`~thyme.handover.BatchEvent`, the same event the
+child's ``batch applied`` log line carries and the launcher counts.
 
 Metrics (namespace ``Thyme/KinesisSource`` unless configured; dimensions ``Dataset, Shard``
 and ``Dataset``):
@@ -30,11 +30,7 @@ from typing import Final, TextIO
 
 import msgspec
 
-from record_processor.processor import BatchOutcome
-
-DEFAULT_NAMESPACE: Final = "Thyme/KinesisSource"
-EMF_MARK: Final = '{"_aws":'
-"""Every EMF line starts with this (the launcher recognises metric lines by it)."""
+from thyme.handover import DEFAULT_NAMESPACE, BatchEvent
 
 _COUNTS: Final = ("RecordsReceived", "RecordsApplied", "RecordsReplayed", "RecordsLate", "RecordsInvalid")
 _TIMES: Final = ("BatchDuration", "StoreWriteLatency", "MillisBehindLatest")
@@ -70,25 +66,26 @@ class EmfMetrics:
         }
         self._encode = msgspec.json.Encoder().encode
 
-    def batch(self, shard: str, outcome: BatchOutcome, seconds: float, millis_behind_latest: int | None) -> None:
-        late = outcome.dead_letters.get("late", 0)
+    def batch(self, event: BatchEvent) -> None:
+        """The EMF line of one batch, derived from the event the child logs."""
+        lag = event.millis_behind_latest
         entry: dict[str, object] = {
             "_aws": {
                 "Timestamp": int(self._clock() * 1000),
-                "CloudWatchMetrics": self._definitions[millis_behind_latest is not None],
+                "CloudWatchMetrics": self._definitions[lag is not None],
             },
             "Dataset": self.dataset,
-            "Shard": shard,
-            "RecordsReceived": outcome.received,
-            "RecordsApplied": outcome.applied,
-            "RecordsReplayed": outcome.replayed,
-            "RecordsLate": late,
-            "RecordsInvalid": sum(outcome.dead_letters.values()) - late,
-            "BatchDuration": round(seconds * 1000, 3),
-            "StoreWriteLatency": round(outcome.store_seconds * 1000, 3),
+            "Shard": event.shard,
+            "RecordsReceived": event.received,
+            "RecordsApplied": event.applied,
+            "RecordsReplayed": event.replayed,
+            "RecordsLate": event.late,
+            "RecordsInvalid": sum(event.dead_letters.values()) - event.late,
+            "BatchDuration": round(event.seconds * 1000, 3),
+            "StoreWriteLatency": round(event.store_seconds * 1000, 3),
         }
-        if millis_behind_latest is not None:  # left out, not zero, when KCL did not report it
-            entry["MillisBehindLatest"] = millis_behind_latest
+        if lag is not None:  # left out, not zero, when KCL did not report it
+            entry["MillisBehindLatest"] = lag
         stream = self._stream or sys.stderr
         stream.write(self._encode(entry).decode() + "\n")
         stream.flush()

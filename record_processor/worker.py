@@ -4,7 +4,8 @@ Plain, typed Python with no knowledge of the KCL protocol (``record_processor.kc
 it to amazon-kclpy). Per batch:
 
 1. skip every record at or below the shard's stored position (a replay);
-2. decode each record strictly and judge it against the watermark, in stream order;
+2. judge each record by the record rules (``thyme/records``: decode, validate, lateness against
+   the watermark), in stream order;
 3. apply rows, dead letters and the new position/watermark in one transaction, as a
    compare-and-set on the state the batch was computed from. If another worker moved the
    state meanwhile (a lease moved and the old owner is late), recompute from the new state;
@@ -23,11 +24,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from record_processor.decode import INVALID_BASE64, RecordDecoder
 from record_processor.envelope import InputRecord
-from record_processor.lateness import LatenessPolicy
 from thyme.errors import StoreUnavailableError
-from thyme.store.base import Batch, DeadLetter, Feed, Position, Row, ShardState, Store
+from thyme.handover import DEFAULT_GIVE_UP_AFTER_S
+from thyme.records import INVALID_BASE64, LatenessPolicy, RecordRules
+from thyme.store.base import Batch, DeadLetter, Feed, Position, Row, ShardState, ShardStore
 
 log = logging.getLogger("record_processor")
 T = TypeVar("T")
@@ -43,7 +44,7 @@ class RetryPolicy:
 
     initial_s: float = 0.2
     max_s: float = 5.0
-    give_up_after_s: float = 120.0
+    give_up_after_s: float = DEFAULT_GIVE_UP_AFTER_S
 
 
 @dataclass
@@ -73,7 +74,7 @@ class ShardWorker:
         self,
         feed: Feed,
         lateness: LatenessPolicy,
-        store: Store,
+        store: ShardStore,
         retry: RetryPolicy | None = None,
         *,
         parent_watermark: Callable[[str], int | None] | None = None,
@@ -85,7 +86,7 @@ class ShardWorker:
         self.lateness = lateness
         self.store = store
         self.retry = retry or RetryPolicy()
-        self.decoder = RecordDecoder(feed.dataset)
+        self.rules = RecordRules(feed.dataset, lateness)
         self._parent_watermark = parent_watermark
         self._clock = clock
         self._sleep = sleep
@@ -202,7 +203,7 @@ class ShardWorker:
             if not records:
                 return Batch(self.shard, base), outcome
         watermark = base.watermark_us
-        decode, judge = self.decoder.decode, self.lateness.judge
+        judge = self.rules.judge
         rows: list[Row] = []
         dead: list[DeadLetter] = []
         now_ms = int(self._clock() * 1000)
@@ -211,19 +212,15 @@ class ShardWorker:
                 if record.base64_error:
                     reason = INVALID_BASE64
                 else:
-                    result = decode(record.data)
+                    arrival = record.arrival_ms
+                    result = judge(record.data, now_ms if arrival is None else arrival, watermark)
                     if isinstance(result, str):
                         reason = result
                     else:
-                        ts_us = result[1]
-                        arrival = record.arrival_ms
-                        late = judge(ts_us, now_ms if arrival is None else arrival, watermark)
-                        if late is None:
-                            rows.append(result)
-                            if watermark is None or ts_us > watermark:
-                                watermark = ts_us
-                            continue
-                        reason = late
+                        rows.append(result)
+                        if watermark is None or result[1] > watermark:
+                            watermark = result[1]
+                        continue
             except Exception as exc:  # a bug must not stall the shard: keep the record, say why
                 log.exception("unexpected error decoding a record; dead-lettered")
                 reason = f"internal_error: {type(exc).__name__}"

@@ -32,7 +32,7 @@ def _at(value: str) -> datetime:
 
 def _cmd_lookup(args: argparse.Namespace) -> int:
     from thyme.loader import load_dataset
-    from thyme.lookup import lookup
+    from thyme.serving import lookup
     from thyme.store import open_store
 
     klass = load_dataset(args.dataset, require_source=False)
@@ -50,7 +50,7 @@ def _cmd_lookup(args: argparse.Namespace) -> int:
 
 
 def _run_options(args: argparse.Namespace) -> RunOptions:
-    from record_processor.metrics import DEFAULT_NAMESPACE
+    from thyme.handover import DEFAULT_NAMESPACE
     from thyme.kinesis.launcher import RunOptions
 
     return RunOptions(
@@ -106,8 +106,8 @@ def _dead_letter_query(args: argparse.Namespace, include_redriven: bool = False)
 
 
 def _cmd_kinesis_dead_letters(args: argparse.Namespace) -> int:
-    from thyme.dataset import dataset_schema
     from thyme.loader import load_dataset
+    from thyme.schema import dataset_schema
     from thyme.store import open_store
 
     schema = dataset_schema(load_dataset(args.dataset))
@@ -153,9 +153,9 @@ def _cmd_kinesis_redrive(args: argparse.Namespace) -> int:
 
 
 def _cmd_kinesis_run(args: argparse.Namespace) -> int:
-    from record_processor.log import configure
     from thyme.kinesis.launcher import run
     from thyme.loader import load_dataset
+    from thyme.logs import configure
 
     configure({"component": "thyme.kinesis", "dataset": args.dataset.rpartition(":")[2]})
     return run(load_dataset(args.dataset), _run_options(args))
@@ -197,24 +197,14 @@ def _add_run_options(command: argparse.ArgumentParser) -> None:
 
 
 def _cmd_store_migrate(args: argparse.Namespace) -> int:
-    from thyme.dataset import dataset_schema
-    from thyme.errors import StoreConfigError
     from thyme.loader import load_dataset
+    from thyme.schema import dataset_schema
     from thyme.store import open_store, redact_url, store_url
 
     schemas = [dataset_schema(load_dataset(target, require_source=False)) for target in args.datasets]
     url = store_url(args.store)
     if args.print:
-        if not url.startswith(("postgresql:", "postgres:")):
-            raise StoreConfigError(
-                "thyme store migrate --print",
-                "only a PostgreSQL store has a script to review",
-                "The SQLite store creates its tables itself; run without --print.",
-                value=redact_url(url),
-            )
-        from thyme.store.postgres import PostgresStore
-
-        store = PostgresStore(url, create_tables=False)
+        store = open_store(url, create=False)  # renders only: changes nothing
         try:
             sys.stdout.write(store.migration_script([s for s in schemas if s is not None]))
         finally:

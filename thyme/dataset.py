@@ -9,8 +9,11 @@
         timestamp: Field[datetime] = field(timestamp=True)
 
 The decorator reads the annotations once, checks them, and attaches a
-:class:`DatasetSchema` (``cls.__thyme_dataset__``). Instances are plain value objects
-(keyword ``__init__``, ``__eq__``, ``__repr__``, :meth:`as_dict`); lookups return them.
+:class:`~thyme.schema.DatasetSchema` (``cls.__thyme_dataset__``). Instances are plain value
+objects (keyword ``__init__``, ``__eq__``, ``__repr__``, :meth:`as_dict`); lookups return them.
+The class methods ``lookup`` and ``lookup_many`` call the serving layer (``thyme/serving.py``)
+through :func:`serve_lookups_with`, which the ``thyme`` package calls when it is imported: this
+module, at the bottom of the layers, never imports the store.
 """
 
 from __future__ import annotations
@@ -20,13 +23,12 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Callable
-from datetime import date, datetime
-from typing import Annotated, Any, ClassVar, Final, Literal, TypeAlias, TypeVar, dataclass_transform, overload
-
-from pydantic import BaseModel, ConfigDict
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Final, TypeAlias, TypeVar, dataclass_transform, overload
 
 from thyme.errors import DatasetError
+from thyme.schema import SCALAR_KINDS, SUPPORTED_TYPES, DatasetSchema, FieldSchema, TypeSpec
 
 T = TypeVar("T")
 C = TypeVar("C", bound=type)
@@ -52,129 +54,6 @@ class _FieldOptions:
 def field(*, key: bool = False, timestamp: bool = False) -> Any:
     """Declare a dataset field: ``key=True`` for the key, ``timestamp=True`` for event time."""
     return _FieldOptions(key=key, timestamp=timestamp)
-
-
-Kind = Literal["str", "int", "float", "bool", "datetime", "date", "list", "dict"]
-_SCALARS: Final[dict[object, Kind]] = {
-    str: "str",
-    int: "int",
-    float: "float",
-    bool: "bool",
-    datetime: "datetime",
-    date: "date",
-}
-SUPPORTED_TYPES: Final = "str, int, float, bool, datetime, date, Optional[T], list[T] or dict[str, T]"
-
-
-class TypeSpec(BaseModel):
-    """A field's type: a scalar kind, or ``list``/``dict`` of ``item``; ``optional`` allows null."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: Kind
-    """The base kind."""
-    optional: bool = False
-    """Whether ``null`` (or a missing key) is accepted."""
-    item: TypeSpec | None = None
-    """Element type of a ``list``, value type of a ``dict`` (keys are always ``str``)."""
-
-    def describe(self) -> str:
-        """Python spelling, for messages: ``Optional[list[int]]``."""
-        base: str = self.kind
-        if self.item is not None:
-            inner = self.item.describe()
-            base = f"list[{inner}]" if self.kind == "list" else f"dict[str, {inner}]"
-        return f"Optional[{base}]" if self.optional else base
-
-
-class FieldSchema(BaseModel):
-    """One field of a dataset."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str
-    type: TypeSpec
-    key: bool = False
-    timestamp: bool = False
-
-
-class DatasetSchema(BaseModel):
-    """What the store and the record processor need to know about a dataset.
-
-    Serialisable (``model_dump_json``) so that a child process can be handed it without
-    importing user code.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str
-    """The dataset's name: the class name."""
-    version: int = 1
-    """Bumped by the user when fields change in a way stored rows cannot follow (see
-    :func:`compare_shapes`); each version is a dataset of its own in the store."""
-    index: bool = False
-    """Whether lookups by key are served (``@dataset(index=True)``). Not part of the stored shape:
-    the store keeps the key index either way, so it can be turned on or off at the same version."""
-    fields: tuple[FieldSchema, ...]
-
-    @property
-    def key_field(self) -> FieldSchema:
-        """The single key field."""
-        return next(f for f in self.fields if f.key)
-
-    @property
-    def timestamp_field(self) -> FieldSchema:
-        """The single event-time field."""
-        return next(f for f in self.fields if f.timestamp)
-
-    def field_names(self) -> list[str]:
-        """Field names in declaration order."""
-        return [f.name for f in self.fields]
-
-
-ShapeChange = Literal["same", "widens", "narrows"]
-"""How a dataset's fields compare with the ones a store holds for the same name and version."""
-
-
-def compare_shapes(stored: DatasetSchema, wanted: DatasetSchema) -> ShapeChange | str:
-    """How ``wanted``'s fields relate to ``stored``'s (same name and version), or the reason they
-    cannot share one table.
-
-    Rows stay readable both ways when the only differences are *widenings* (``wanted`` adds an
-    ``Optional`` field, or makes a required field ``Optional``: every stored row is valid under
-    ``wanted``) or only *narrowings* (the reverse: an older copy of the code, whose rows are valid
-    under ``stored``). Field order and ``index`` do not matter. Anything else — a type changed, a
-    new required field, a required field removed, the key or timestamp moved, or widening and
-    narrowing at once — changes what a stored row means, and needs a new ``version``.
-    """
-    old = {f.name: f for f in stored.fields}
-    new = {f.name: f for f in wanted.fields}
-    widens = narrows = False
-    for name in old.keys() | new.keys():
-        before, after = old.get(name), new.get(name)
-        if before is None or after is None:
-            present = after if before is None else before
-            assert present is not None
-            if present.key or present.timestamp:
-                return f"field {name}: the {'key' if present.key else 'timestamp'} field changed"
-            if not present.type.optional:
-                return (
-                    f"field {name}: a new required field (the rows stored lack it)"
-                    if before is None
-                    else f"field {name}: a required field was removed"
-                )
-            widens, narrows = widens or before is None, narrows or after is None
-            continue
-        if (before.key, before.timestamp) != (after.key, after.timestamp):
-            return f"field {name}: its key/timestamp role changed"
-        if before.type == after.type:
-            continue
-        if before.type.model_copy(update={"optional": True}) != after.type.model_copy(update={"optional": True}):
-            return f"field {name}: type {before.type.describe()} became {after.type.describe()}"
-        widens, narrows = widens or after.type.optional, narrows or before.type.optional
-    if widens and narrows:
-        return "some fields were widened and others narrowed at once"
-    return "widens" if widens else "narrows" if narrows else "same"
 
 
 _NAME: Final = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,62}")
@@ -204,7 +83,7 @@ def _type_spec(annotation: object, where: str) -> TypeSpec:
         if len(args) != 2 or args[0] is not str:
             _unsupported(annotation, where)
         return TypeSpec(kind="dict", item=_type_spec(args[1], where))
-    kind = _SCALARS.get(annotation) if isinstance(annotation, type) else None
+    kind = SCALAR_KINDS.get(annotation) if isinstance(annotation, type) else None
     if kind is None:
         _unsupported(annotation, where)
     return TypeSpec(kind=kind)
@@ -339,15 +218,11 @@ def _install_value_methods(cls: type, schema: DatasetSchema) -> None:
 
     def lookup(klass: type[T], key: object, at: datetime | None = None, store: Any = None) -> T | None:
         """The newest version of ``key`` with event time ≤ ``at`` (default: now), or None."""
-        from thyme.lookup import lookup as _lookup
-
-        return _lookup(klass, key, at=at, store=store)
+        return _serving().lookup(klass, key, at=at, store=store)
 
     def lookup_many(klass: type[T], keys: Any, at: datetime | None = None, store: Any = None) -> list[T | None]:
         """:meth:`lookup` for each key, in order, from one snapshot of the store."""
-        from thyme.lookup import lookup_many as _lookup_many
-
-        return _lookup_many(klass, keys, at=at, store=store)
+        return _serving().lookup_many(klass, keys, at=at, store=store)
 
     cls.__init__ = __init__  # type: ignore[misc]
     cls.__repr__ = __repr__  # type: ignore[method-assign,assignment]
@@ -356,6 +231,31 @@ def _install_value_methods(cls: type, schema: DatasetSchema) -> None:
     cls.as_dict = as_dict  # type: ignore[attr-defined]
     cls.lookup = classmethod(lookup)  # type: ignore[attr-defined]
     cls.lookup_many = classmethod(lookup_many)  # type: ignore[attr-defined]
+
+
+class Serving(typing.Protocol):
+    """What ``Dataset.lookup`` and ``Dataset.lookup_many`` call (``thyme/serving.py`` provides it)."""
+
+    def lookup(self, klass: type[T], key: object, at: datetime | None = ..., store: Any = ...) -> T | None: ...
+
+    def lookup_many(
+        self, klass: type[T], keys: Sequence[object], at: datetime | None = ..., store: Any = ...
+    ) -> list[T | None]: ...
+
+
+_SERVING: list[Serving] = []
+
+
+def serve_lookups_with(serving: Serving) -> None:
+    """Give dataset classes their lookup methods. Called once, by ``thyme/__init__.py``: the
+    package root sits above every layer, so the SDK declares and the serving layer answers."""
+    _SERVING[:] = [serving]
+
+
+def _serving() -> Serving:
+    if not _SERVING:  # only if thyme/__init__.py did not run, which importing thyme.dataset makes it do
+        raise RuntimeError("thyme.dataset was loaded without the thyme package")
+    return _SERVING[0]
 
 
 @overload
@@ -379,9 +279,3 @@ def dataset(cls: C | None = None, /, *, index: bool = False, version: int = 1) -
         return klass
 
     return wrap(cls) if cls is not None else wrap
-
-
-def dataset_schema(cls: object) -> DatasetSchema | None:
-    """The :class:`DatasetSchema` of a ``@dataset`` class, or None."""
-    schema = getattr(cls, "__thyme_dataset__", None)
-    return schema if isinstance(schema, DatasetSchema) else None

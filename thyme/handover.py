@@ -1,24 +1,41 @@
-"""What a child process needs to know, handed over by ``thyme kinesis run`` or the command line.
+"""What the launcher (``thyme kinesis run``) and its children (``python -m record_processor``)
+agree on, in one place both import: the child's settings, the variables that carry them, and
+the per-batch event the child reports.
 
-Either ``--config FILE`` (``THYME_PROCESSOR_CONFIG``): a JSON :class:`ProcessorConfig` that
-``thyme kinesis run`` writes into its private directory, so the child never imports user
-code nor sees secrets; or ``--dataset MODULE:CLASS`` (``THYME_DATASET``) with
-``--store URL`` (``THYME_STORE_URL``), handy for running the child by hand.
+Settings: either ``--config FILE`` (:data:`ENV_PROCESSOR_CONFIG`): a JSON :class:`ProcessorConfig`
+that ``thyme kinesis run`` writes into its private directory, so the child never imports user
+code nor sees secrets; or ``--dataset MODULE:CLASS`` (:data:`ENV_DATASET`) with ``--store URL``
+(``THYME_STORE_URL``), handy for running the child by hand.
+
+Reports: after each committed batch the child logs one JSON line, message :data:`BATCH_APPLIED`,
+whose fields are a :class:`BatchEvent`. The launcher reads them back with :func:`batch_event`
+for its progress line and its Prometheus counters; the child's EMF metrics are built from the
+same event.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from record_processor.metrics import DEFAULT_NAMESPACE
 from thyme.connectors.source import source_spec
-from thyme.dataset import DatasetSchema, dataset_schema
 from thyme.errors import ConfigError, LoadError
+from thyme.schema import DatasetSchema, dataset_schema
 from thyme.store.base import Feed
+
+ENV_PROCESSOR_CONFIG: Final = "THYME_PROCESSOR_CONFIG"
+"""The path of the child's :class:`ProcessorConfig` (set by the launcher for the daemon's children)."""
+ENV_DATASET: Final = "THYME_DATASET"
+"""``MODULE:DATASET`` for a child started by hand."""
+ENV_STORE_GIVE_UP: Final = "THYME_STORE_GIVE_UP_AFTER_S"
+"""How long a child retries a batch against an unavailable store before it exits."""
+DEFAULT_GIVE_UP_AFTER_S: Final = 120.0
+DEFAULT_NAMESPACE: Final = "Thyme/KinesisSource"
+"""CloudWatch namespace of the children's EMF metrics."""
 
 
 class ProcessorConfig(BaseModel):
@@ -36,7 +53,7 @@ class ProcessorConfig(BaseModel):
     """``@source(max_future_skew=...)`` in milliseconds."""
     store_url: str | None = Field(None, repr=False)
     """The store; None: ``THYME_STORE_URL`` or the default SQLite file."""
-    retry_give_up_after_s: float = 120.0
+    retry_give_up_after_s: float = DEFAULT_GIVE_UP_AFTER_S
     """How long a batch is retried against an unavailable store before the child exits."""
     lease_table: str | None = None
     """The KCL lease table, where a new shard's parents are found (their watermark is inherited)."""
@@ -82,3 +99,58 @@ class ProcessorConfig(BaseModel):
             max_future_skew_ms=spec.max_future_skew // timedelta(milliseconds=1),
             store_url=store_url,
         )
+
+
+BATCH_APPLIED: Final = "batch applied"
+"""The message of a child's log line for a committed batch."""
+_BATCH_MARK: Final = f'"message": "{BATCH_APPLIED}"'
+
+
+class BatchEvent(msgspec.Struct, kw_only=True):
+    """One committed (or wholly replayed) batch of one shard, as the child reports it."""
+
+    shard: str
+    first: str | None = None
+    """Sequence number of the first record delivered."""
+    last: str | None = None
+    received: int = 0
+    """Records delivered in the batch."""
+    applied: int = 0
+    """Rows written to the store."""
+    replayed: int = 0
+    """Skipped: already in the store (a redelivery)."""
+    dead_letters: dict[str, int] = {}
+    """Dead letters written, by reason (``schema: <field>`` reasons grouped by field)."""
+    attempts: int = 1
+    millis_behind_latest: int | None = None
+    """KCL's lag of the shard's reader behind the tip when it fetched the batch."""
+    seconds: float = 0.0
+    """Decode, judge and store transaction, retries included."""
+    store_seconds: float = 0.0
+    """In the store's transaction (all attempts)."""
+
+    @property
+    def late(self) -> int:
+        return self.dead_letters.get("late", 0)
+
+    def fields(self) -> dict[str, object]:
+        """The log line's fields."""
+        return msgspec.structs.asdict(self)
+
+
+_decode_event = msgspec.json.Decoder(BatchEvent).decode
+
+
+def is_batch_line(line: str) -> bool:
+    """Whether ``line`` is a child's :data:`BATCH_APPLIED` log line (a cheap test)."""
+    return _BATCH_MARK in line
+
+
+def batch_event(line: str) -> BatchEvent | None:
+    """The event if ``line`` is a child's :data:`BATCH_APPLIED` log line, else None."""
+    if _BATCH_MARK not in line:
+        return None
+    try:
+        return _decode_event(line)
+    except msgspec.DecodeError:
+        return None

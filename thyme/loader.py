@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from thyme.connectors.source import source_spec
-from thyme.dataset import dataset_schema
 from thyme.errors import LoadError, ThymeError
+from thyme.schema import dataset_schema
 
 
 def load_dataset(target: str, require_source: bool = True) -> type:

@@ -1,4 +1,5 @@
-"""Logs of the child process: JSON lines on stderr. stdout belongs to the KCL protocol."""
+"""Logs of every Thyme process (the launcher, each child): JSON lines on stderr. A child's
+stdout belongs to the KCL protocol."""
 
 from __future__ import annotations
 

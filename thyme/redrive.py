@@ -4,8 +4,9 @@ that pass, keep the rest.
 The usual story: records were rejected because the schema did not expect them (a new field
 type, a field producers stopped sending); the user fixes the dataset (a new ``version``, or a
 field made ``Optional``), then runs ``thyme kinesis dead-letters redrive MODULE:DATASET``.
-Each dead letter goes through the same decoder and future-skew check as the stream (with the
-source's current ``max_future_skew`` and the record's original arrival time). Lateness is not
+Each dead letter goes through the same record rules as the stream (``thyme/records``: the
+decoder, the schema, the source's current ``max_future_skew`` with the record's original arrival
+time). Lateness is not
 judged again: a watermark is a property of a position in a shard, which a re-drive does not
 have. Records dead-lettered as ``late`` are therefore only re-driven when asked for by
 ``--reason late`` (that is, "apply them anyway").
@@ -22,11 +23,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from record_processor.decode import INVALID_BASE64, RecordDecoder
-from record_processor.lateness import LATE, LatenessPolicy
 from thyme.connectors.source import source_spec
-from thyme.dataset import dataset_schema
 from thyme.errors import LoadError
+from thyme.records import INVALID_BASE64, LATE, LatenessPolicy, RecordRules
+from thyme.schema import dataset_schema
 from thyme.store.base import DeadLetterQuery, Row, Store
 
 PAGE = 1000
@@ -69,8 +69,7 @@ def redrive(
     if schema is None or spec is None:
         raise LoadError(f"{getattr(klass, '__name__', klass)} is not a @source(KinesisSource(...)) @dataset class")
     store.ensure_dataset(schema)
-    decoder = RecordDecoder(schema)
-    policy = LatenessPolicy(None, spec.max_future_skew)  # lateness is not judged again (see above)
+    rules = RecordRules(schema, LatenessPolicy(None, spec.max_future_skew))  # no lateness (see above)
     report = RedriveReport()
     query = query or DeadLetterQuery()
     after = query.after_id
@@ -92,14 +91,10 @@ def redrive(
             if letter.reason == INVALID_BASE64 or (letter.reason == LATE and reason != LATE):
                 report.not_redriven[letter.reason] += 1
                 continue
-            result = decoder.decode(letter.raw)
+            arrival = letter.arrival_ms if letter.arrival_ms is not None else int(clock() * 1000)
+            result = rules.judge(letter.raw, arrival, None)
             if isinstance(result, str):
                 report.still_failing[result] += 1
-                continue
-            arrival = letter.arrival_ms if letter.arrival_ms is not None else int(clock() * 1000)
-            rejected = policy.judge(result[1], arrival, None)
-            if rejected is not None:
-                report.still_failing[rejected] += 1
                 continue
             fixes.append((letter.id, result))
         report.would_redrive += len(fixes)

@@ -1,4 +1,4 @@
-"""Lookups: the newest version of a key as of a moment.
+"""Serving: lookups, the newest version of a key as of a moment.
 
 Safe from any number of threads and processes: a store shares nothing between threads but its
 settings (each thread reads through its own connection), and a store URL is opened once per
@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from thyme.dataset import DatasetSchema, TypeSpec, dataset_schema
 from thyme.errors import ConfigError, SchemaChangedError
+from thyme.schema import DatasetSchema, TypeSpec, dataset_schema
 from thyme.store import Store, open_store, store_url
 
 T = TypeVar("T")
@@ -48,10 +48,19 @@ def decode_row(schema: DatasetSchema, data: str) -> dict[str, Any]:
     return {f.name: getattr(values, f.name) for f in schema.fields}
 
 
-@lru_cache(maxsize=64)
 def _struct_decoder(schema: DatasetSchema) -> msgspec.json.Decoder[Any]:
-    fields = [(f.name, _stored_type(f.type.model_copy(update={"optional": True})), None) for f in schema.fields]
-    return msgspec.json.Decoder(msgspec.defstruct(f"{schema.name}Stored", fields))
+    found = _DECODERS.get(id(schema))
+    if found is None or found[0] is not schema:
+        fields = [(f.name, _stored_type(f.type.model_copy(update={"optional": True})), None) for f in schema.fields]
+        found = _DECODERS[id(schema)] = (
+            schema,
+            msgspec.json.Decoder(msgspec.defstruct(f"{schema.name}Stored", fields)),
+        )
+    return found[1]
+
+
+_DECODERS: dict[int, tuple[DatasetSchema, msgspec.json.Decoder[Any]]] = {}
+"""Row decoders by the schema object they decode for (held, so its id is not reused)."""
 
 
 def coerce_key(schema: DatasetSchema, key: object) -> str | int:

@@ -8,9 +8,9 @@ from datetime import timedelta
 from typing import Final, Literal, TypeVar
 
 from thyme.connectors.kinesis import KinesisSource
-from thyme.dataset import dataset_schema
 from thyme.duration import format_duration, parse_duration
 from thyme.errors import SourceError
+from thyme.schema import dataset_schema
 
 C = TypeVar("C", bound=type)
 CDC_MODES: Final = ("append", "upsert")

@@ -1,7 +1,7 @@
 """Start a fresh application fast: create KCL's lease table and one lease per shard first.
 
 On an empty lease table, KCL 3 waits a random 1-30 s before its first shard sync
-(``Scheduler.shouldInitiateLeaseSync``, hard-coded; ``reference/kcl-behaviour.md`` §1), so a
+(``Scheduler.shouldInitiateLeaseSync``, hard-coded in KCL 3.1.3), so a
 new application took 23-40 s to deliver its first record here. With the table and the leases
 already in place, KCL skips that wait and assigns the leases at once (measured ~7-12 s).
 

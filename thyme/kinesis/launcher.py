@@ -36,17 +36,22 @@ from pathlib import Path
 from types import FrameType
 from typing import Final, Literal, TextIO
 
-from record_processor.config import ProcessorConfig
-from record_processor.metrics import DEFAULT_NAMESPACE
-from record_processor.processor import RetryPolicy
 from thyme.connectors.kinesis import KinesisConnection
 from thyme.connectors.source import source_spec
-from thyme.dataset import dataset_schema
 from thyme.errors import ConfigError, LoadError, StoreUnavailableError, ThymeError
+from thyme.handover import (
+    DEFAULT_GIVE_UP_AFTER_S,
+    DEFAULT_NAMESPACE,
+    ENV_PROCESSOR_CONFIG,
+    ENV_STORE_GIVE_UP,
+    ProcessorConfig,
+    is_batch_line,
+)
 from thyme.kinesis.bootstrap import bootstrap_leases
 from thyme.kinesis.progress import Progress
 from thyme.kinesis.prometheus import PrometheusExporter
 from thyme.kinesis.properties import KclProperties, Profile, build_properties
+from thyme.schema import dataset_schema
 from thyme.store import Feed, open_store, store_url
 
 log = logging.getLogger("thyme.kinesis")
@@ -58,9 +63,6 @@ ENV_JAVA_OPTS: Final = "THYME_JAVA_OPTS"
 ENV_DYNAMODB_ENDPOINT: Final = "THYME_DYNAMODB_ENDPOINT_URL"
 ENV_STS_ENDPOINT: Final = "THYME_STS_ENDPOINT_URL"
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
-_BATCH_APPLIED: Final = '"message": "batch applied"'
-"""A child's log line for a committed batch: the run made progress."""
-ENV_STORE_GIVE_UP: Final = "THYME_STORE_GIVE_UP_AFTER_S"
 DEFAULT_CHILD_TIMEOUT_S: Final = 300
 CHILD_TIMEOUT_MARGIN_S: Final = 75
 """A hung child is detected after this long: well above the store retry bound (120 s) plus the
@@ -175,7 +177,7 @@ def _check_child_timeout(child_timeout_s: int | None, environ: Mapping[str, str]
         return
     given = environ.get(ENV_STORE_GIVE_UP)
     try:
-        give_up_s = float(given) if given else RetryPolicy().give_up_after_s
+        give_up_s = float(given) if given else DEFAULT_GIVE_UP_AFTER_S
     except ValueError:
         raise ConfigError(
             ENV_STORE_GIVE_UP, "not a number of seconds", "Set it to e.g. 120, or unset it.", value=given
@@ -283,7 +285,7 @@ class Supervisor:
             config_file = private / "processor.json"
             _write_private(properties_file, self.plan.properties.render())
             _write_private(config_file, self.plan.config.model_dump_json())
-            env = {**os.environ, "THYME_PROCESSOR_CONFIG": str(config_file), "PYTHONUNBUFFERED": "1"}
+            env = {**os.environ, ENV_PROCESSOR_CONFIG: str(config_file), "PYTHONUNBUFFERED": "1"}
             if self.progress is not None:
                 threading.Thread(target=self._tick, name="progress", daemon=True).start()
             if self.exporter is not None:
@@ -369,7 +371,7 @@ class Supervisor:
         for raw in jvm.stdout:  # the daemon's logs, and its children's stderr it echoes
             line = raw.decode("utf-8", "replace")
             self._tail.append(line.rstrip("\n"))
-            if not self._progressed and _BATCH_APPLIED in line:
+            if not self._progressed and is_batch_line(line):
                 self._progressed = True
             if self.exporter is not None:
                 self.exporter.observe(line)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, TextIO
 
-from thyme.kinesis.prometheus import parse_batch_line
+from thyme.handover import batch_event
 
 _CLEAR: Final = "\r\x1b[K"
 WINDOW_S: Final = 10.0
@@ -52,7 +52,7 @@ class Progress:
 
     def observe(self, line: str) -> None:
         """Count the batch if ``line`` is a child's ``batch applied`` log line."""
-        batch = parse_batch_line(line)
+        batch = batch_event(line)
         if batch is None:
             return
         now = self._clock()

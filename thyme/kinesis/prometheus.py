@@ -25,36 +25,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Final
 
-import msgspec
+from thyme.handover import batch_event
 
-_MARK: Final = '"message": "batch applied"'
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
-
-
-class BatchLine(msgspec.Struct):
-    """The fields of a child's ``batch applied`` log line that the launcher reads."""
-
-    shard: str = "?"
-    received: int = 0
-    applied: int = 0
-    replayed: int = 0
-    dead_letters: dict[str, int] = {}
-    millis_behind_latest: int | None = None
-    seconds: float = 0.0
-    store_seconds: float = 0.0
-
-
-_decode = msgspec.json.Decoder(BatchLine).decode
-
-
-def parse_batch_line(line: str) -> BatchLine | None:
-    """The batch if ``line`` is a child's ``batch applied`` log line, else None."""
-    if _MARK not in line:
-        return None
-    try:
-        return _decode(line)
-    except msgspec.DecodeError:
-        return None
 
 
 @dataclass
@@ -90,7 +63,7 @@ class PrometheusExporter:
         self._server: ThreadingHTTPServer | None = None
 
     def observe(self, line: str) -> None:
-        batch = parse_batch_line(line)
+        batch = batch_event(line)
         if batch is None:
             return
         with self._lock:

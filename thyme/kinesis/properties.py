@@ -2,7 +2,7 @@
 
 KCL reads keys as case-sensitive Java bean names and **silently ignores unknown keys**: a
 misspelt endpoint key sends traffic to real AWS. So the keys live in one place (the field
-aliases below, tested against the list in ``reference/kcl-multilang.md``), values are typed,
+aliases below, tested against KCL 3.x's key list in ``tests/test_kinesis_run.py``), values are typed,
 and every value is escaped for the Java properties format; nothing a user wrote is pasted
 into the file as text.
 
@@ -188,7 +188,7 @@ def build_properties(
         shutdown_grace_ms=shutdown_grace_ms,
         failover_time_ms=failover_time_ms,
         child_timeout_s=child_timeout_s,
-        # Measured (reference/kcl-behaviour.md): with KCL's defaults a new application takes
+        # Measured on the local stack: with KCL's defaults a new application takes
         # ~2 minutes to deliver a first record; these take it to ~10-20 s on a local stack.
         shard_sync_interval_ms=1 if local else None,
         lease_assignment_interval_ms=500 if local else None,

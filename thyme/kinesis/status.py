@@ -15,13 +15,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from thyme.connectors.source import source_spec
-from thyme.dataset import dataset_schema
 from thyme.errors import LoadError
 from thyme.kinesis.aws import check_stream, session_name
 from thyme.kinesis.launcher import ENV_DYNAMODB_ENDPOINT, ENV_STS_ENDPOINT, RunOptions
 from thyme.kinesis.properties import default_application_name
+from thyme.schema import dataset_schema
 from thyme.store import Feed, open_store
-from thyme.store.base import total_by_reason
+from thyme.store.common import total_by_reason
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ index (a NUL character, more than :data:`MAX_KEY_BYTES` bytes) is a dead letter 
 batch the store keeps refusing.
 
 Each record's fate is a value: an :data:`Accepted` row or a reason string for a dead letter. The
-decoder is compiled once per process from the :class:`~thyme.dataset.DatasetSchema`.
+decoder is compiled once per process from the :class:`~thyme.schema.DatasetSchema`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Annotated, Any, Final
 
 import msgspec
 
-from thyme.dataset import DatasetSchema, TypeSpec
+from thyme.schema import DatasetSchema, TypeSpec
 
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
