@@ -10,7 +10,7 @@ from typing import Any
 
 from thyme import Field, dataset, field
 from thyme.connectors import KinesisSource, source
-from thyme.dataset import DatasetSchema, dataset_schema
+from thyme.schema import DatasetSchema, dataset_schema
 from thyme.store import Feed
 
 SEQ_BASE = 49_590_338_271_490_256_608_559_692_538_361_571_095_921_575_989_136_588_898

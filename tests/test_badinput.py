@@ -9,10 +9,7 @@ it (compact JSON lines, ``"action"`` first), against both store backends.
 from __future__ import annotations
 
 import json
-import os
 import queue
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,13 +19,13 @@ from typing import IO, Any
 
 import pytest
 
-from record_processor.decode import RecordDecoder
-from record_processor.lateness import LatenessPolicy
 from tests.badinput import HERE, STREAM, T0, Case, load_corpus, record_cases, valid_record, write_app
+from tests.child import checkpoint, checkpoint_reply, initialize, start_child, status
 from tests.factories import b64, feed_of, seq
-from tests.test_protocol import checkpoint, checkpoint_reply, initialize, status
-from thyme.dataset import DatasetSchema, dataset_schema
 from thyme.loader import load_dataset
+from thyme.records.decode import RecordDecoder
+from thyme.records.lateness import LatenessPolicy
+from thyme.schema import DatasetSchema, dataset_schema
 from thyme.store import open_store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -105,18 +102,8 @@ class Child:
 
     def __init__(self, app: Path, store_url: str, folder: Path) -> None:
         self.stderr = folder / "child.stderr"
-        env = {**os.environ, "THYME_STORE_URL": store_url, "PYTHONPATH": str(REPO)}
-        with self.stderr.open("w") as err:
-            self._lines: queue.Queue[str] | None = None
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "record_processor", "--dataset", f"{app}:Sample", "--give-up-after", "5"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                text=True,
-                env=env,
-                cwd=REPO,
-            )
+        self._lines: queue.Queue[str] | None = None
+        self.process = start_child(store_url, self.stderr, "--give-up-after", "5", dataset=f"{app}:Sample")
 
     def send(self, line: str) -> dict[str, Any]:
         """Write one line; the child's next protocol message (fails at once if the child exits)."""

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from record_processor.decode import MAX_KEY_BYTES, RecordDecoder, to_utc_us
 from record_processor.envelope import InputRecord, decode_process_records, from_base64
-from record_processor.lateness import FUTURE_TIMESTAMP, LATE, LatenessPolicy
 from tests.factories import ClickEvent, Purchase, b64, schema_of
+from thyme.records.decode import MAX_KEY_BYTES, RecordDecoder, to_utc_us
+from thyme.records.lateness import FUTURE_TIMESTAMP, LATE, LatenessPolicy
 
 CLICKS = RecordDecoder(schema_of(ClickEvent))
 PURCHASES = RecordDecoder(schema_of(Purchase))

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from record_processor.config import ProcessorConfig
 from tests.factories import SourcedClick, feed_of, schema_of
 from thyme import Secret
 from thyme.connectors import KinesisSource
 from thyme.errors import ConfigError, SourceError
+from thyme.handover import ProcessorConfig
 from thyme.kinesis.launcher import LaunchError, Plan, RunOptions, Supervisor, plan
 from thyme.kinesis.properties import KclProperties, build_properties, escape
 
@@ -22,7 +22,7 @@ ARN = "arn:aws:kinesis:eu-west-1:111122223333:stream/click-events"
 ROLE = "arn:aws:iam::444455556666:role/stream-reader"
 
 # Every key Thyme may write, spelt exactly as KCL 3.x's MultiLangDaemonConfiguration bean
-# properties (reference/kcl-multilang.md §2). KCL ignores unknown keys silently.
+# properties (amazon-kinesis-client-multilang 3.x). KCL ignores unknown keys silently.
 KCL_KEYS = {
     "executableName",
     "timeoutInSeconds",

@@ -4,28 +4,35 @@ from __future__ import annotations
 
 import io
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from record_processor.metrics import DEFAULT_NAMESPACE, METRIC_NAMES, EmfMetrics
-from record_processor.processor import BatchOutcome
+from record_processor.metrics import METRIC_NAMES, EmfMetrics
+from tests.child import ARRIVAL_MS, checkpoint_reply, exchange, initialize, start_child
 from tests.factories import feed_of, process_records, record_message, seq
-from tests.test_protocol import ARRIVAL_MS, checkpoint_reply, exchange, initialize, start_child
 from thyme.cli import main
-from thyme.dataset import dataset_schema
+from thyme.handover import DEFAULT_NAMESPACE, BatchEvent
 from thyme.kinesis.progress import Progress
 from thyme.kinesis.status import ShardStatus, as_table
 from thyme.loader import load_dataset
-from thyme.lookup import lookup
+from thyme.schema import dataset_schema
+from thyme.serving import lookup
 from thyme.store import Batch, DeadLetter, Position, ShardState, open_store
 
 
-def outcome(received: int = 10, applied: int = 7, late: int = 2, invalid: int = 1, replayed: int = 0) -> BatchOutcome:
-    dead: Counter[str] = Counter({"late": late, "schema: page": invalid})
-    return BatchOutcome(received=received, applied=applied, replayed=replayed, dead_letters=dead, store_seconds=0.012)
+def event(shard: str, seconds: float, lag: int | None) -> BatchEvent:
+    dead = {"late": 2, "schema: page": 1}
+    return BatchEvent(
+        shard=shard,
+        received=10,
+        applied=7,
+        dead_letters=dead,
+        millis_behind_latest=lag,
+        seconds=seconds,
+        store_seconds=0.012,
+    )
 
 
 def check_emf(entry: dict[str, Any]) -> None:
@@ -43,7 +50,7 @@ def check_emf(entry: dict[str, Any]) -> None:
 
 def test_emf_line_per_batch() -> None:
     out = io.StringIO()
-    EmfMetrics("Clicks", stream=out, clock=lambda: 1_700_000_000.5).batch("shardId-1", outcome(), 0.0255, 1500)
+    EmfMetrics("Clicks", stream=out, clock=lambda: 1_700_000_000.5).batch(event("shardId-1", 0.0255, 1500))
     (line,) = out.getvalue().splitlines()
     entry = json.loads(line)
     check_emf(entry)
@@ -65,7 +72,7 @@ def test_emf_line_per_batch() -> None:
 
 def test_emf_line_leaves_out_a_lag_kcl_did_not_report() -> None:
     out = io.StringIO()
-    EmfMetrics("Clicks", "Team/Feature", stream=out).batch("s", outcome(), 0.01, None)
+    EmfMetrics("Clicks", "Team/Feature", stream=out).batch(event("s", 0.01, None))
     entry = json.loads(out.getvalue())
     check_emf(entry)
     assert "MillisBehindLatest" not in entry

@@ -11,7 +11,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -19,15 +19,15 @@ from typing import Annotated, Any, Optional
 import pytest
 
 from record_processor.envelope import InputRecord
-from record_processor.lateness import LatenessPolicy
-from record_processor.processor import ShardWorker
+from record_processor.worker import ShardWorker
 from tests.factories import ClickEvent, feed_of, schema_of
 from thyme import Field, dataset, field, lookup, lookup_many
 from thyme.connectors.source import source_spec
-from thyme.dataset import DatasetSchema, compare_shapes, dataset_schema
 from thyme.errors import ConfigError, SchemaChangedError
 from thyme.kinesis.properties import build_properties, default_application_name
 from thyme.loader import load_dataset
+from thyme.records.lateness import LatenessPolicy
+from thyme.schema import DatasetSchema, compare_shapes, dataset_schema
 from thyme.store import Batch, Position, Row, ShardState, Store, open_store
 
 SCHEMA = schema_of(ClickEvent)
@@ -204,6 +204,43 @@ def _write(url: str, stream: str) -> None:
     db.close()
 
 
+class Readers:
+    """``threads`` reader threads, each calling ``read(me)`` (which returns ``(key, n)`` pairs it
+    saw) until a writer process has applied every batch and each reader has read ``least`` times.
+    Records the failures and whether any reader saw a key go back in time."""
+
+    def __init__(self, url: str, read: Callable[[int, int], list[tuple[str, int]]], least: int) -> None:
+        self.url, self.read, self.least = url, read, least
+        self.errors: list[BaseException] = []
+        self.counts = [0] * 8
+        self._stop = threading.Event()
+
+    def _run(self, me: int) -> None:
+        newest: dict[str, int] = {}
+        try:
+            while not self._stop.is_set() or self.counts[me] < self.least:
+                for key, n in self.read(me, self.counts[me]):
+                    assert n >= newest.get(key, 0), f"a lookup of {key} went back in time"
+                    newest[key] = n
+                self.counts[me] += 1
+        except BaseException as exc:
+            self.errors.append(exc)
+
+    def run_while_writing(self) -> None:
+        writer = multiprocessing.get_context("spawn").Process(target=_write, args=(self.url, STREAM_A))
+        readers = [threading.Thread(target=self._run, args=(i,)) for i in range(len(self.counts))]
+        for t in readers:
+            t.start()
+        writer.start()
+        writer.join(120)
+        self._stop.set()
+        for t in readers:
+            t.join(120)
+        assert writer.exitcode == 0
+        assert self.errors == []
+        assert min(self.counts) >= self.least
+
+
 @pytest.fixture
 def seeded(store_url: str) -> Iterator[str]:
     db = open_store(store_url)
@@ -221,41 +258,18 @@ def test_lookups_from_many_threads_while_a_child_writes(seeded: str, how: str, m
     target: Store | str | None = shared if shared is not None else seeded if how == "url" else None
     if how == "environment":
         monkeypatch.setenv("THYME_STORE_URL", seeded)
-    writer = multiprocessing.get_context("spawn").Process(target=_write, args=(seeded, STREAM_A))
-    errors: list[BaseException] = []
-    counts = [0] * 8
-    stop = threading.Event()
 
-    def read(me: int) -> None:
-        newest: dict[str, int] = {}
-        try:
-            while not stop.is_set() or counts[me] < 200:
-                if counts[me] % 2:
-                    found = [lookup(ClickEvent, KEYS[(me * 7 + counts[me]) % len(KEYS)], store=target)]
-                else:
-                    found = lookup_many(ClickEvent, KEYS[me : me + 5], store=target)
-                for row in found:
-                    assert row is not None
-                    n = int(row.page.removeprefix("/p"))
-                    assert n >= newest.get(row.user_id, 0), "a lookup went back in time"
-                    newest[row.user_id] = n
-                counts[me] += 1
-        except BaseException as exc:
-            errors.append(exc)
+    def read(me: int, count: int) -> list[tuple[str, int]]:
+        if count % 2:
+            found = [lookup(ClickEvent, KEYS[(me * 7 + count) % len(KEYS)], store=target)]
+        else:
+            found = lookup_many(ClickEvent, KEYS[me : me + 5], store=target)
+        assert all(row is not None for row in found)
+        return [(row.user_id, int(row.page.removeprefix("/p"))) for row in found if row is not None]
 
-    threads = [threading.Thread(target=read, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    writer.start()
-    writer.join(120)
-    stop.set()
-    for t in threads:
-        t.join(60)
+    Readers(seeded, read, least=200).run_while_writing()
     if shared is not None:
         shared.close()
-    assert writer.exitcode == 0
-    assert errors == []
-    assert min(counts) >= 200
     final = lookup_many(ClickEvent, [*KEYS, "nobody"], store=seeded)
     assert [None if r is None else r.page for r in final] == [f"/p{WRITER_BATCHES}"] * len(KEYS) + [None]
 
@@ -325,37 +339,15 @@ def test_the_serving_example_answers_many_clients_while_a_child_writes(
             except urllib.error.HTTPError as exc:
                 return exc.code, json.loads(exc.read())
 
-        writer = multiprocessing.get_context("spawn").Process(target=_write, args=(seeded, STREAM_A))
-        errors: list[BaseException] = []
-        done = [0] * 8
-        stop = threading.Event()
+        def client(me: int, count: int) -> list[tuple[str, int]]:
+            keys = KEYS[(me + count) % 45 :][:5]
+            status, body = get("&".join(f"user_id={k}" for k in keys))
+            assert status == 200, body
+            assert list(body) == keys
+            assert all(row["user_id"] == key for key, row in body.items())
+            return [(key, int(row["page"].removeprefix("/p"))) for key, row in body.items()]
 
-        def client(me: int) -> None:
-            newest: dict[str, int] = {}
-            try:
-                while not stop.is_set() or done[me] < 50:
-                    keys = KEYS[(me + done[me]) % 45 :][:5]
-                    status, body = get("&".join(f"user_id={k}" for k in keys))
-                    assert status == 200, body
-                    assert list(body) == keys
-                    for key, row in body.items():
-                        n = int(row["page"].removeprefix("/p"))
-                        assert row["user_id"] == key and n >= newest.get(key, 0)
-                        newest[key] = n
-                    done[me] += 1
-            except BaseException as exc:
-                errors.append(exc)
-
-        clients = [threading.Thread(target=client, args=(i,)) for i in range(8)]
-        for t in clients:
-            t.start()
-        writer.start()
-        writer.join(120)
-        stop.set()
-        for t in clients:
-            t.join(120)
-        assert writer.exitcode == 0
-        assert errors == []
+        Readers(seeded, client, least=50).run_while_writing()
         status, body = get("user_id=u1&user_id=nobody&at=2024-05-01T12:00:05Z")
         assert (status, body) == (
             200,

@@ -13,9 +13,9 @@ from thyme import Field, Secret, dataset, field
 from thyme.connectors import KinesisSource, source
 from thyme.connectors.kinesis import InitialPosition
 from thyme.connectors.source import source_spec
-from thyme.dataset import dataset_schema
 from thyme.duration import format_duration, parse_duration
 from thyme.errors import ConfigError, DatasetError, SecretError, SourceError, ThymeError
+from thyme.schema import dataset_schema
 
 ARN = "arn:aws:kinesis:us-east-1:111122223333:stream/click-events"
 ROLE = "arn:aws:iam::111122223333:role/reader"
@@ -501,3 +501,22 @@ def test_example_file_error_when_env_missing(monkeypatch: pytest.MonkeyPatch) ->
         runpy.run_path(str(EXAMPLE))
     assert "MY_KINESIS_STREAM_ARN" not in os.environ
     assert sys.modules.get("thyme") is not None
+
+
+def test_importing_the_sdk_loads_no_store_and_no_driver() -> None:
+    """What a user declares must import anywhere: a serving process, a notebook, a test."""
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "import thyme\n"
+        "from thyme import Field, Secret, dataset, field\n"
+        "from thyme.connectors import KinesisSource, source\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('thyme.store', 'thyme.serving', 'sqlite3', "
+        "'psycopg', 'boto3', 'amazon_kclpy', 'record_processor')))\n"
+        "assert loaded == [], loaded\n"
+        "assert thyme.lookup.__module__ == 'thyme.serving'\n"  # loaded on first use
+        "assert 'thyme.store' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr

@@ -12,7 +12,7 @@ import pytest
 
 from tests.factories import ClickEvent, feed_of, schema_of
 from thyme.errors import SchemaChangedError, StoreConfigError, StoreUnavailableError
-from thyme.lookup import lookup
+from thyme.serving import lookup
 from thyme.store import (
     Batch,
     Conflict,

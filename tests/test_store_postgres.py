@@ -18,11 +18,11 @@ from urllib.parse import quote
 import psycopg
 import pytest
 
-from record_processor.lateness import LatenessPolicy
-from record_processor.processor import RetryPolicy, ShardWorker
+from record_processor.worker import RetryPolicy, ShardWorker
 from tests.factories import ClickEvent, Purchase, b64, feed_of, schema_of, seq
 from tests.pg_server import PASSWORD, PgServer
 from thyme.errors import StoreConfigError, StoreUnavailableError
+from thyme.records.lateness import LatenessPolicy
 from thyme.store import Batch, Conflict, Position, Row, ShardState, open_store, redact_url
 from thyme.store.postgres import SCHEMA_VERSION, PostgresStore, table_name
 
@@ -344,8 +344,8 @@ def test_a_writer_waits_for_the_lock_holder_then_conflicts(pg_server: PgServer, 
 
 def test_real_child_exits_nonzero_when_postgres_is_down(own_server: PgServer, tmp_path: Any) -> None:
     from record_processor.kcl import EXIT_STORE_UNAVAILABLE
+    from tests.child import ARRIVAL_MS, click, exchange, initialize, start_child
     from tests.factories import process_records, record_message
-    from tests.test_protocol import ARRIVAL_MS, click, exchange, initialize, start_child
 
     url = own_server.create_database()
     child = start_child(url, tmp_path / "stderr", "--give-up-after", "1")

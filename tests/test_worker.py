@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from record_processor.envelope import InputRecord, from_base64
-from record_processor.lateness import LatenessPolicy
-from record_processor.processor import BatchFailedError, RetryPolicy, ShardWorker
+from record_processor.worker import BatchFailedError, RetryPolicy, ShardWorker
 from tests.factories import ClickEvent, b64, feed_of, schema_of, seq
 from thyme.errors import StoreUnavailableError
-from thyme.lookup import lookup
+from thyme.records.lateness import LatenessPolicy
+from thyme.serving import lookup
 from thyme.store import Batch, Conflict, Position, ShardState, Store
 
 SCHEMA = schema_of(ClickEvent)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.faults import MakeConsumer, consumer_factory
 from tests.e2e.harness import REPO, Consumer, unique
 
 sys.path.insert(0, str(REPO / "scripts"))
@@ -96,3 +97,9 @@ def new_consumer(aws: dict[str, str], tmp_path: Path, consumers: list[Consumer])
         return consumer
 
     return make
+
+
+@pytest.fixture
+def fault_consumer(aws: dict[str, str], tmp_path: Path, consumers: list[Consumer]) -> MakeConsumer:
+    """A consumer of the fault suites (``faults.FaultConsumer``), killed at the end like the others."""
+    return consumer_factory(aws, tmp_path, consumers)

@@ -14,7 +14,7 @@ import streams
 
 from tests.e2e.harness import THYME, Ledger, StoreView, click, events, now, produce, unique, wait_for, write_app
 from thyme.loader import load_dataset
-from thyme.lookup import lookup
+from thyme.serving import lookup
 
 
 def test_records_land_once_with_lookups_and_dead_letters(kinesis: Any, new_consumer: Any, tmp_path: Path) -> None:

@@ -17,11 +17,24 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 import streams
 
+from tests.e2e.faults import (
+    KCL_SKIPPED,
+    RECOMPUTING,
+    RESTARTING,
+    MakeConsumer,
+    PgView,
+    conclude,
+    kcl_skipped,
+    leases,
+    messages,
+    records,
+    rejects,
+    wait_message,
+    wait_total,
+)
 from tests.e2e.harness import (
-    Consumer,
     Ledger,
     StoreView,
     click,
@@ -32,28 +45,7 @@ from tests.e2e.harness import (
     wait_for,
     write_app,
 )
-from tests.e2e.test_faults import (
-    KCL_SKIPPED,
-    RECOMPUTING,
-    RESTARTING,
-    MakeConsumer,
-    PgView,
-    conclude,
-    consumer_factory,
-    kcl_skipped,
-    leases,
-    messages,
-    records,
-    rejects,
-    wait_message,
-    wait_total,
-)
 from tests.pg_server import PgServer
-
-
-@pytest.fixture
-def fault_consumer(aws: dict[str, str], tmp_path: Path, consumers: list[Consumer]) -> MakeConsumer:
-    return consumer_factory(aws, tmp_path, consumers)
 
 
 class Background(threading.Thread):

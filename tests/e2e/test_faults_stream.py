@@ -21,8 +21,15 @@ import pytest
 import streams
 from botocore.exceptions import BotoCoreError, ClientError
 
+from tests.e2e.faults import (
+    RESTARTING,
+    MakeConsumer,
+    checkpoints,
+    conclude,
+    messages,
+    records,
+)
 from tests.e2e.harness import (
-    Consumer,
     Ledger,
     StoreView,
     click,
@@ -34,21 +41,6 @@ from tests.e2e.harness import (
     wait_for,
     write_app,
 )
-from tests.e2e.test_faults import (
-    RESTARTING,
-    MakeConsumer,
-    checkpoints,
-    conclude,
-    consumer_factory,
-    messages,
-    records,
-)
-
-
-@pytest.fixture
-def fault_consumer(aws: dict[str, str], tmp_path: Path, consumers: list[Consumer]) -> MakeConsumer:
-    return consumer_factory(aws, tmp_path, consumers)
-
 
 # -- 1. the Kinesis endpoint down for a while --------------------------------------------------------
 

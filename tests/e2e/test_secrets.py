@@ -283,8 +283,8 @@ def test_a_password_that_was_not_percent_encoded_is_not_shown_in_part(canary_url
 def test_no_repr_shows_a_secret(canary_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The objects a consumer holds once its secrets are resolved: their ``repr`` (what a
     debugger, a traceback with locals or a careless log line shows) hides the secrets."""
-    from record_processor.config import ProcessorConfig
     from thyme.connectors.source import source_spec
+    from thyme.handover import ProcessorConfig
     from thyme.kinesis.launcher import RunOptions, plan
     from thyme.loader import load_dataset
     from thyme.store import open_store
