@@ -257,7 +257,7 @@ class Round:
         lock = threading.Lock()
 
         def poll() -> None:
-            from thyme.lookup import lookup
+            from thyme.serving import lookup
             from thyme.store.sqlite import SQLiteStore
 
             store = SQLiteStore(self.store_path)

@@ -52,7 +52,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from tests.factories import SourcedClick
-    from thyme.lookup import lookup
+    from thyme.serving import lookup
     from thyme.store import open_store
 
     keys = prefilled_keys(args.rows)
@@ -97,7 +97,7 @@ def main() -> int:
 def closed_loop(store: Any, keys: list[str], past: datetime, threads: int, seconds: float) -> dict[str, object]:
     """``threads`` threads looking up random keys through one shared store until ``seconds`` pass."""
     from tests.factories import SourcedClick
-    from thyme.lookup import lookup
+    from thyme.serving import lookup
 
     latencies: list[list[float]] = [[] for _ in range(threads)]
     start = threading.Barrier(threads + 1)

@@ -18,25 +18,25 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import record_processor.__main__ as child  # noqa: E402
-from thyme.dataset import DatasetSchema  # noqa: E402
-from thyme.store import Batch, Conflict, ShardState  # noqa: E402
+from thyme.store import Batch, Conflict, Feed, ShardState, ShardStore  # noqa: E402
 
 
 class NullStore:
-    """Keeps the shard states (the child's compare-and-set needs them) and nothing else."""
+    """A :class:`~thyme.store.ShardStore` that keeps the shard states (the child's compare-and-set
+    needs them) and nothing else."""
 
     url = "null://"
 
     def __init__(self) -> None:
         self.states: dict[str, ShardState] = {}
 
-    def ensure_dataset(self, schema: DatasetSchema) -> None:
+    def ensure_feed(self, feed: Feed) -> None:
         pass
 
-    def shard_state(self, dataset: DatasetSchema, shard: str) -> ShardState | None:
+    def shard_state(self, feed: Feed, shard: str) -> ShardState | None:
         return self.states.get(shard)
 
-    def apply(self, dataset: DatasetSchema, batch: Batch, expect: ShardState | None) -> Conflict | None:
+    def apply(self, feed: Feed, batch: Batch, expect: ShardState | None) -> Conflict | None:
         if self.states.get(batch.shard) != expect:
             return Conflict(self.states.get(batch.shard))
         self.states[batch.shard] = batch.state
@@ -46,7 +46,7 @@ class NullStore:
         pass
 
 
-def open_null_store(url: str | None = None) -> NullStore:
+def open_null_store(url: str | None = None) -> ShardStore:
     return NullStore()
 
 

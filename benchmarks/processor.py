@@ -224,7 +224,7 @@ def generate(batches: int, batch_size: int, event_bytes: int, seed: int) -> Work
 
 def _schema() -> Any:
     from tests.factories import SourcedClick
-    from thyme.dataset import dataset_schema
+    from thyme.schema import dataset_schema
 
     schema = dataset_schema(SourcedClick)
     assert schema is not None

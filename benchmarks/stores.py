@@ -24,7 +24,7 @@ from urllib.parse import quote
 from processor import prefill
 
 PREFILL_SEED: Final = 20240502
-SQLITE_LAYOUT: Final = "runtables"
+SQLITE_LAYOUT: Final = "feeds"
 """Part of the cached file's name: a store written by an older layout is prefilled again, not upgraded."""
 PG_USER: Final = "bench"
 PG_PASSWORD: Final = "bench-only-on-127.0.0.1"
