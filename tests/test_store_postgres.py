@@ -23,7 +23,7 @@ from tests.factories import ClickEvent, Purchase, b64, feed_of, schema_of, seq
 from tests.pg_server import PASSWORD, PgServer
 from thyme.errors import StoreConfigError, StoreUnavailableError
 from thyme.records.lateness import LatenessPolicy
-from thyme.store import Batch, Conflict, Position, Row, ShardState, open_store, redact_url
+from thyme.store import Batch, Conflict, Position, Row, ShardState, migration_script, open_store, redact_url
 from thyme.store.postgres import SCHEMA_VERSION, PostgresStore, table_name
 
 SCHEMA = schema_of(ClickEvent)
@@ -391,9 +391,9 @@ def test_version_1_tables_are_upgraded_by_the_consumer_or_by_the_printed_script(
         if how == "open":
             open_store(url).close()
         else:
-            printer = PostgresStore(url, create_tables=False)
-            script = printer.migration_script([SCHEMA])
-            printer.close()
+            with pytest.raises(StoreConfigError, match=r"tables are at version 1, older than this Thyme's \(3\)"):
+                open_store(url, create=False)  # a read-only command does not upgrade them
+            script = migration_script(url, [SCHEMA])
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute(script)
         with psycopg.connect(url) as conn:

@@ -36,7 +36,7 @@ def _cmd_lookup(args: argparse.Namespace) -> int:
     from thyme.store import open_store
 
     klass = load_dataset(args.dataset, require_source=False)
-    store = open_store(args.store)
+    store = open_store(args.store, create=False)  # a lookup never creates a store
     try:
         results: list[dict[str, object] | None] = []
         for key in args.keys:
@@ -70,6 +70,8 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
         prometheus_port=getattr(args, "prometheus_port", None),
         prometheus_address=getattr(args, "prometheus_address", None) or "127.0.0.1",
         bootstrap_leases=getattr(args, "bootstrap_leases", True),
+        check_environment=getattr(args, "check_environment", True),
+        environment_check_s=getattr(args, "environment_check_s", 30.0),
     )
 
 
@@ -77,7 +79,7 @@ def _cmd_kinesis_properties(args: argparse.Namespace) -> int:
     from thyme.kinesis.launcher import plan
     from thyme.loader import load_dataset
 
-    the_plan = plan(load_dataset(args.dataset), _run_options(args))
+    the_plan = plan(load_dataset(args.dataset), _run_options(args), open_the_store=False)
     sys.stdout.write(the_plan.properties.render(redact_credentials=True))
     return 0
 
@@ -112,7 +114,7 @@ def _cmd_kinesis_dead_letters(args: argparse.Namespace) -> int:
 
     schema = dataset_schema(load_dataset(args.dataset))
     assert schema is not None
-    store = open_store(args.store)
+    store = open_store(args.store, create=False)
     try:
         letters = store.dead_letters(
             schema, reason=args.reason, limit=args.limit, query=_dead_letter_query(args, args.include_redriven)
@@ -143,7 +145,7 @@ def _cmd_kinesis_redrive(args: argparse.Namespace) -> int:
     from thyme.store import open_store
 
     klass = load_dataset(args.dataset)
-    store = open_store(args.store)
+    store = open_store(args.store, create=False)
     try:
         report = redrive(klass, store, reason=args.reason, query=_dead_letter_query(args), dry_run=args.dry_run)
     finally:
@@ -199,16 +201,12 @@ def _add_run_options(command: argparse.ArgumentParser) -> None:
 def _cmd_store_migrate(args: argparse.Namespace) -> int:
     from thyme.loader import load_dataset
     from thyme.schema import dataset_schema
-    from thyme.store import open_store, redact_url, store_url
+    from thyme.store import migration_script, open_store, redact_url, store_url
 
     schemas = [dataset_schema(load_dataset(target, require_source=False)) for target in args.datasets]
     url = store_url(args.store)
     if args.print:
-        store = open_store(url, create=False)  # renders only: changes nothing
-        try:
-            sys.stdout.write(store.migration_script([s for s in schemas if s is not None]))
-        finally:
-            store.close()
+        sys.stdout.write(migration_script(url, [s for s in schemas if s is not None]))  # connects to nothing
         return 0
     db = open_store(url)  # creates or upgrades Thyme's own tables
     try:
@@ -292,6 +290,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to serve it on ($THYME_PROMETHEUS_ADDRESS; default 127.0.0.1; 0.0.0.0 in a pod)",
     )
     run.add_argument(
+        "--check-environment",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="before starting, check credentials, the stream, its shards and the lease table, each failure one "
+        "line; while running, stop with one line if the stream goes away or the credentials stop working "
+        "(default: on)",
+    )
+    run.add_argument(
+        "--environment-check-s",
+        type=float,
+        default=float(os.environ.get("THYME_ENVIRONMENT_CHECK_S") or 30),
+        help="how often a running consumer checks the stream ($THYME_ENVIRONMENT_CHECK_S, default 30)",
+    )
+    run.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -357,6 +369,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ThymeError as exc:
         sys.stderr.write(f"thyme: error: {exc}\n")
         return EXIT_USAGE
+    except Exception as exc:
+        if type(exc).__module__.startswith("botocore"):  # an AWS call no command wrapped: still one line
+            from thyme.kinesis.aws import explain
+
+            sys.stderr.write(f"thyme: error: {explain(exc, 'the consumer', 'an AWS call', 'AWS')}\n")
+            return EXIT_USAGE
+        sys.stderr.write(f"thyme: bug: an unexpected {type(exc).__name__}; please report it with this traceback\n")
+        raise
     return code
 
 

@@ -103,7 +103,7 @@ _OPENING = threading.Lock()
 
 @lru_cache(maxsize=8)
 def _cached_store(url: str) -> Store:
-    return open_store(url)
+    return open_store(url, create=False)  # reads only: a wrong URL is an error, not an empty store
 
 
 def _shared_store(url: str) -> Store:

@@ -115,6 +115,15 @@ class KinesisConnection:
     role_arn: str | None
     external_id: str | None = None
     """The ExternalId the role's trust policy requires, if any (resolved; never shown)."""
+    role_label: str | None = None
+    """How messages name the role: ``role NAME (account ID)``, or, when the ARN is a
+    :class:`~thyme.Secret`, ``the role in Secret(env='VAR') (account ID)`` (its name is part of
+    the secret)."""
+
+    @property
+    def kinesis_identity(self) -> str:
+        """Who reads the stream, for messages."""
+        return self.role_label or "the consumer's own identity"
 
     def __repr__(self) -> str:
         role = "None" if self.role_arn is None else repr(REDACTED)
@@ -324,6 +333,7 @@ class KinesisSource:
             endpoint_url=self._endpoint_url,
             role_arn=role,
             external_id=external_id,
+            role_label=None if role is None else _role_label(role, self._role_arn),
         )
 
     def __repr__(self) -> str:
@@ -344,6 +354,13 @@ def _explicit_or_env(value: object, parameter: str, env: str) -> tuple[str, obje
     if os.environ.get(env):
         return f"{env} (environment)", os.environ[env]
     return None
+
+
+def _role_label(arn: str, given: str | Secret | None) -> str:
+    account, _, name = arn.split(":", 4)[4].partition(":role/")
+    if isinstance(given, Secret):
+        return f"the role in {given!r} (account {account})"
+    return f"role {name.rsplit('/', 1)[-1]} (account {account})"
 
 
 def _check_external_id(value: str, where: str) -> None:

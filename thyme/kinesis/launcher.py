@@ -47,7 +47,9 @@ from thyme.handover import (
     ProcessorConfig,
     is_batch_line,
 )
+from thyme.kinesis.aws import AwsError
 from thyme.kinesis.bootstrap import bootstrap_leases
+from thyme.kinesis.preflight import StreamWatch, Target, check_environment
 from thyme.kinesis.progress import Progress
 from thyme.kinesis.prometheus import PrometheusExporter
 from thyme.kinesis.properties import KclProperties, Profile, build_properties
@@ -100,6 +102,10 @@ class RunOptions:
     prometheus_address: str = "127.0.0.1"
     progress: bool | None = None
     """A status line (records/s, lag) below the logs; None: only when stderr is a terminal."""
+    check_environment: bool = True
+    """Before the daemon starts, check credentials, the stream, the shards and the lease table
+    (``thyme.kinesis.preflight``); while it runs, describe the stream every ``environment_check_s``."""
+    environment_check_s: float = 30.0
     max_fast_failures: int = 5
     """Give up after this many daemon exits, each within ``fast_failure_s`` of its start."""
     fast_failure_s: float = 60.0
@@ -193,8 +199,12 @@ def _check_child_timeout(child_timeout_s: int | None, environ: Mapping[str, str]
         )
 
 
-def plan(klass: type, options: RunOptions, environ: Mapping[str, str] | None = None) -> Plan:
-    """Check everything and decide the daemon's settings; no AWS call is made."""
+def plan(
+    klass: type, options: RunOptions, environ: Mapping[str, str] | None = None, *, open_the_store: bool = True
+) -> Plan:
+    """Check everything and decide the daemon's settings; no AWS call is made. The store is
+    opened (created or upgraded, the dataset's tables made) unless ``open_the_store`` is False
+    (``thyme kinesis properties`` only prints)."""
     environ = os.environ if environ is None else environ
     schema, spec = dataset_schema(klass), source_spec(klass)
     if schema is None or spec is None:
@@ -202,14 +212,15 @@ def plan(klass: type, options: RunOptions, environ: Mapping[str, str] | None = N
     _check_child_timeout(options.child_timeout_s, environ)
     connection = spec.connector.resolve(environ)  # resolves the role secret: fails here if unset
     url = store_url(options.store_url)
-    try:
-        store = open_store(url)
+    if open_the_store:
         try:
-            store.ensure_feed(Feed(schema, connection.stream_arn))
-        finally:
-            store.close()
-    except StoreUnavailableError as exc:
-        raise LaunchError(f"the store is not usable: {exc}") from exc
+            store = open_store(url)
+            try:
+                store.ensure_feed(Feed(schema, connection.stream_arn))
+            finally:
+                store.close()
+        except StoreUnavailableError as exc:
+            raise LaunchError(f"the store is not usable: {exc}") from exc
     python = sys.executable
     properties = build_properties(
         connection,
@@ -399,8 +410,14 @@ def _is_terminal(stream: TextIO) -> bool:
 
 
 def run(klass: type, options: RunOptions) -> int:
-    """Plan, then supervise the daemon until SIGTERM/SIGINT. Returns the exit status."""
+    """Plan, check the environment, then supervise the daemon until SIGTERM/SIGINT. Returns the
+    exit status; raises :class:`~thyme.kinesis.aws.AwsError` if the environment fails before or
+    (for good: the stream deleted, credentials gone) while it runs."""
     the_plan = plan(klass, options)
+    target = None
+    if options.check_environment and the_plan.connection is not None:
+        target = Target(the_plan.connection, the_plan.properties, the_plan.sts_endpoint_url)
+        check_environment(target)
     if options.bootstrap_leases:
         bootstrap_leases(
             the_plan.properties,
@@ -409,6 +426,13 @@ def run(klass: type, options: RunOptions) -> int:
             sts_endpoint_url=the_plan.sts_endpoint_url,
         )
     supervisor = Supervisor(the_plan, options)
+    failed: list[AwsError] = []
+
+    def environment_failed(error: AwsError) -> None:
+        failed.append(error)
+        supervisor.stop()
+
+    watch = None if target is None else StreamWatch(target, options.environment_check_s, environment_failed).start()
     previous = {sig: signal.signal(sig, supervisor.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     redirected: list[tuple[logging.StreamHandler[TextIO], TextIO]] = []
     if supervisor.progress is not None:  # the launcher's own log lines go above the status line too
@@ -417,12 +441,17 @@ def run(klass: type, options: RunOptions) -> int:
                 log_handler.setStream(_AboveStatus(supervisor.progress))
                 redirected.append((log_handler, supervisor.err))
     try:
-        return supervisor.run()
+        code = supervisor.run()
     finally:
+        if watch is not None:
+            watch.close()
         for log_handler, stream in redirected:
             log_handler.setStream(stream)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if failed:
+        raise failed[0]
+    return code
 
 
 class _AboveStatus(io.TextIOBase):

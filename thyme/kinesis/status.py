@@ -16,7 +16,7 @@ from typing import Any
 
 from thyme.connectors.source import source_spec
 from thyme.errors import LoadError
-from thyme.kinesis.aws import check_stream, session_name
+from thyme.kinesis.aws import calling, check_stream, client_config, session_name, source_kinesis
 from thyme.kinesis.launcher import ENV_DYNAMODB_ENDPOINT, ENV_STS_ENDPOINT, RunOptions
 from thyme.kinesis.properties import default_application_name
 from thyme.schema import dataset_schema
@@ -57,23 +57,28 @@ def read_leases(table: str, region: str, endpoint_url: str | None) -> dict[str, 
     """Shard id → lease item (owner, counter, checkpoint) from the KCL lease table; {} if none yet."""
     import boto3
 
-    client = boto3.client("dynamodb", region_name=region, endpoint_url=endpoint_url)
-    leases: dict[str, dict[str, Any]] = {}
-    try:
-        for page in client.get_paginator("scan").paginate(TableName=table, ConsistentRead=True):
-            for item in page["Items"]:
-                key = item.get("leaseKey", {}).get("S")
-                if key is None or "checkpoint" not in item:
-                    continue  # KCL keeps other entities in some tables
-                leases[key] = {
-                    "owner": item.get("leaseOwner", {}).get("S"),
-                    "counter": int(item["leaseCounter"]["N"]) if "leaseCounter" in item else None,
-                    "checkpoint": item["checkpoint"].get("S"),
-                    "sub": int(item.get("checkpointSubSequenceNumber", {}).get("N", "0")),
-                }
-    except client.exceptions.ResourceNotFoundException:
-        return {}
-    return leases
+    client = boto3.client("dynamodb", region_name=region, endpoint_url=endpoint_url, config=client_config())
+
+    def scan() -> dict[str, dict[str, Any]]:
+        leases: dict[str, dict[str, Any]] = {}
+        try:
+            for page in client.get_paginator("scan").paginate(TableName=table, ConsistentRead=True):
+                for item in page["Items"]:
+                    key = item.get("leaseKey", {}).get("S")
+                    if key is None or "checkpoint" not in item:
+                        continue  # KCL keeps other entities in some tables
+                    leases[key] = {
+                        "owner": item.get("leaseOwner", {}).get("S"),
+                        "counter": int(item["leaseCounter"]["N"]) if "leaseCounter" in item else None,
+                        "checkpoint": item["checkpoint"].get("S"),
+                        "sub": int(item.get("checkpointSubSequenceNumber", {}).get("N", "0")),
+                    }
+        except client.exceptions.ResourceNotFoundException:
+            return {}
+        return leases
+
+    where = f"lease table {table} (region {region})"
+    return calling("the consumer's own identity", "dynamodb:Scan", where, endpoint_url, scan)
 
 
 def status(
@@ -86,15 +91,13 @@ def status(
         raise LoadError(f"{getattr(klass, '__name__', klass)} is not a @source(KinesisSource(...)) @dataset class")
     connector = spec.connector
     table = options.application_name or default_application_name(schema.name, connector.stream_name, schema.version)
-    check_stream(
-        connector.resolve(environ),
-        options.sts_endpoint_url or environ.get(ENV_STS_ENDPOINT) or None,
-        session_name(table),
-    )
+    connection = connector.resolve(environ)
+    sts = options.sts_endpoint_url or environ.get(ENV_STS_ENDPOINT) or None
+    check_stream(connection, source_kinesis(connection, sts, session_name(table)))
     endpoint = options.dynamodb_endpoint_url or environ.get(ENV_DYNAMODB_ENDPOINT) or connector.endpoint_url
     leases = read_leases(table, connector.region, endpoint)
     feed = Feed(schema, connector.stream_arn)
-    store = open_store(options.store_url)
+    store = open_store(options.store_url, create=False)
     try:
         shards = {s.shard: s for s in store.shards(feed)}
         by_shard = store.dead_letter_counts_by_shard(feed)

@@ -3,10 +3,12 @@ PostgreSQL (``postgresql://…``) when consumers on several hosts share one stor
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from thyme.errors import StoreConfigError
+from thyme.schema import DatasetSchema
 from thyme.store.base import (
     Batch,
     Conflict,
@@ -36,10 +38,28 @@ __all__ = [
     "ShardStore",
     "ShardSummary",
     "Store",
+    "migration_script",
     "open_store",
     "redact_url",
     "store_url",
 ]
+
+
+def migration_script(url: str | None, datasets: Sequence[DatasetSchema]) -> str:
+    """The SQL that creates or upgrades the store's tables and the datasets' tables, for an admin to
+    review and run (``thyme store migrate --print``); connects to nothing. Only PostgreSQL has one:
+    the SQLite store creates its tables itself."""
+    url = store_url(url)
+    if urlsplit(url).scheme not in ("postgresql", "postgres"):
+        raise StoreConfigError(
+            "thyme store migrate --print",
+            "only a PostgreSQL store has a script to review",
+            "The SQLite store creates its tables itself; run without --print.",
+            value=redact_url(url),
+        )
+    from thyme.store import postgres_schema
+
+    return postgres_schema.migration_script(datasets)
 
 
 def open_store(url: str | None = None, *, create: bool = True) -> Store:

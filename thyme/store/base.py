@@ -217,8 +217,3 @@ class Store(ShardStore, Protocol):
         """In one transaction: mark each dead letter ``id`` re-driven and apply its row, for the
         ids not marked yet (a second run, or a concurrent one, applies nothing twice). Returns
         the number applied."""
-
-    def migration_script(self, datasets: Sequence[DatasetSchema]) -> str:
-        """The SQL that creates or upgrades Thyme's tables and the datasets' tables, for an admin to
-        review and run (``thyme store migrate --print``); a store that creates its tables itself
-        raises :class:`~thyme.errors.StoreConfigError` saying so."""

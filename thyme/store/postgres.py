@@ -98,8 +98,8 @@ class PostgresStore:
     """The PostgreSQL store. Safe for many processes and hosts; one instance per process."""
 
     def __init__(self, url: str, create_tables: bool = True) -> None:
-        """Connect; with ``create_tables`` (the default), create Thyme's tables if they are missing.
-        ``create_tables=False`` only connects (``thyme store migrate --print`` changes nothing)."""
+        """Connect; with ``create_tables`` (the default), create Thyme's tables if they are missing
+        or upgrade older ones; without, require them as they are (a read-only command)."""
         self.url = redact_url(url)
         try:
             given = conninfo_to_dict(url)
@@ -116,7 +116,10 @@ class PostgresStore:
         self._pool: ConnectionPool[Conn] = ConnectionPool(self._connect, _close)
         self._thread = _ThreadState()
         try:
-            self._run(self._ensure_tables if create_tables else lambda conn: None, what="open")
+            self._run(
+                self._ensure_tables if create_tables else lambda conn: postgres_schema.check_current(conn, self.url),
+                what="open",
+            )
         except BaseException as exc:
             self._pool.close()
             if not isinstance(exc, errors.InsufficientPrivilege):
@@ -209,12 +212,6 @@ class PostgresStore:
         with conn.transaction():
             self._locked(conn)
             postgres_schema.bring_up_to_date(conn, self.url)
-
-    def migration_script(self, datasets: Sequence[DatasetSchema]) -> str:
-        """The SQL that creates Thyme's tables (at :data:`SCHEMA_VERSION`) and the given datasets'
-        tables, for a DBA to review and run (``thyme store migrate --print``). Idempotent: it can
-        be run on a store that has them. Consumers then only need to read and write."""
-        return self._run(lambda conn: postgres_schema.migration_script(conn, datasets), what="rendering the migration")
 
     def _dataset_sql(self, dataset: DatasetSchema) -> DatasetSQL:
         ident = (dataset.name, dataset.version)

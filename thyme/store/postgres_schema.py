@@ -59,6 +59,28 @@ UPGRADES: Final = {
 Conn = psycopg.Connection[tuple[Any, ...]]
 
 
+def check_current(conn: Conn, url: str) -> None:
+    """Refuse a database without Thyme's tables, or with older ones, where nothing may be created
+    (a read-only command)."""
+    (exists,) = conn.execute("SELECT to_regclass('thyme_schema_version') IS NOT NULL").fetchone() or (False,)
+    found = conn.execute("SELECT max(version) FROM thyme_schema_version").fetchone() if exists else None
+    version = None if found is None else found[0]
+    if version is None:
+        raise StoreConfigError(
+            "store URL",
+            "no Thyme store in this database (Thyme's tables are missing)",
+            "Check the URL; a store is created by the consumer (thyme kinesis run) or by thyme store migrate.",
+            value=url,
+        )
+    if version < SCHEMA_VERSION:
+        raise StoreConfigError(
+            "store URL",
+            f"the store's tables are at version {version}, older than this Thyme's ({SCHEMA_VERSION})",
+            "Upgrade them: start the consumer, or run thyme store migrate (--print for the script).",
+            value=url,
+        )
+
+
 def bring_up_to_date(conn: Conn, url: str) -> None:
     """Create Thyme's tables, or upgrade them from an earlier version, in the caller's transaction
     (which holds :data:`SCHEMA_LOCK`). Nothing is done when they are current: a consumer whose user
@@ -86,10 +108,9 @@ def bring_up_to_date(conn: Conn, url: str) -> None:
     conn.execute("INSERT INTO thyme_schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
 
 
-def migration_script(conn: Conn, datasets: Sequence[DatasetSchema]) -> str:
+def migration_script(datasets: Sequence[DatasetSchema]) -> str:
     """The SQL that creates Thyme's tables (at :data:`SCHEMA_VERSION`, upgrading older ones) and the
-    given datasets' tables. Idempotent: it can be run on a store that has them. ``conn`` only
-    quotes literals."""
+    given datasets' tables. Idempotent: it can be run on a store that has them. Needs no server."""
     statements = [*TABLES, *(s for step in sorted(UPGRADES) for s in UPGRADES[step]), *INDEXES]
     statements.append(
         f"INSERT INTO thyme_schema_version (version) SELECT {SCHEMA_VERSION} "
@@ -108,9 +129,9 @@ def migration_script(conn: Conn, datasets: Sequence[DatasetSchema]) -> str:
                 sql.Literal(dataset.model_dump_json()),
                 sql.Literal(common.now_us()),
             )
-            .as_string(conn)
+            .as_string(None)
         )
-        statements += [parts.create.as_string(conn), parts.index.as_string(conn)]
+        statements += [parts.create.as_string(None), parts.index.as_string(None)]
     return "BEGIN;\n" + ";\n".join(statements) + ";\nCOMMIT;\n"
 
 

@@ -222,14 +222,6 @@ class SQLiteStore:
         for statement in _INDEXES:
             db.execute(statement)
 
-    def migration_script(self, datasets: Sequence[DatasetSchema]) -> str:
-        raise StoreConfigError(
-            "thyme store migrate --print",
-            "only a PostgreSQL store has a script to review",
-            "The SQLite store creates its tables itself; run without --print.",
-            value=self.url,
-        )
-
     # -- shards -----------------------------------------------------------------------------
 
     def shard_state(self, feed: Feed, shard: str) -> ShardState | None:
