@@ -88,6 +88,8 @@ class KclProcessor(v3.RecordProcessorBase):  # type: ignore[misc]
         self._log_context = log_context if log_context is not None else {}
         self._sleep = sleep
         self._last: Position | None = None
+        self._stopping = False
+        """A shutdown was requested: the leaseLost that follows is the hand-over."""
 
     def initialize(self, initialize_input: InitializeInput) -> None:
         shard = initialize_input.shard_id
@@ -133,8 +135,16 @@ class KclProcessor(v3.RecordProcessorBase):  # type: ignore[misc]
             self._checkpoint(process_records_input.checkpointer, str(outcome.last.sequence), outcome.last.sub_sequence)
 
     def lease_lost(self, lease_lost_input: LeaseLostInput) -> None:
-        log.info(
-            "lease lost; another worker owns the shard now (no checkpoint)", extra={"fields": {"event": "lease_lost"}}
+        if self._stopping:  # KCL 3 ends every requested shutdown with leaseLost: a hand-over, not a loss
+            log.info(
+                "shard handed over after a requested shutdown",
+                extra={"fields": {"event": "handed_over", "checkpointed_at": _at(self._last)}},
+            )
+            return
+        log.warning(
+            "lease lost; another worker took the shard (its last batch is applied; the new owner resumes "
+            "from the store's position)",
+            extra={"fields": {"event": "lease_lost", "last_applied": _at(self._last)}},
         )
 
     def shard_ended(self, shard_ended_input: ShardEndedInput) -> None:
@@ -145,9 +155,14 @@ class KclProcessor(v3.RecordProcessorBase):  # type: ignore[misc]
     def shutdown_requested(self, shutdown_requested_input: ShutdownRequestedInput) -> None:
         # Every delivered batch is already applied (processing is synchronous), so the
         # checkpoint at the last delivered record is safe and speeds up the hand-over.
+        self._stopping = True
         if self._last is not None:
-            log.info("shutdown requested; checkpointing the last applied record")
+            log.info(
+                "shutdown requested; checkpointing the last applied record", extra={"fields": {"event": "shutdown"}}
+            )
             self._checkpoint(shutdown_requested_input.checkpointer, str(self._last.sequence), self._last.sub_sequence)
+        else:
+            log.info("shutdown requested; nothing applied here to checkpoint", extra={"fields": {"event": "shutdown"}})
 
     def _checkpoint(self, checkpointer: kcl.Checkpointer, sequence: str | None, sub: int | None) -> None:
         """Checkpoint; retry throttling; a lost lease is not an error (the store has the data)."""
@@ -168,6 +183,10 @@ class KclProcessor(v3.RecordProcessorBase):  # type: ignore[misc]
                     extra={"fields": {"error": error, "sequence": sequence}},
                 )
                 return
+
+
+def _at(position: Position | None) -> str | None:
+    return None if position is None else str(position)
 
 
 def _guard(action: Callable[[], R]) -> R:

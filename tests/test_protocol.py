@@ -149,6 +149,27 @@ def test_lease_lost_and_shutdown_requested(store: Store) -> None:
         status("shutdownRequested"),
         status("leaseLost"),
     ]
+    # a requested shutdown ends in leaseLost (KCL 3's hand-over): said as such, not as a loss
+    logs = [json.loads(line) for line in drive.stderr.splitlines()]  # type: ignore[attr-defined]
+    events = [(e["message"], e.get("event")) for e in logs if "event" in e]
+    assert events == [
+        ("shutdown requested; checkpointing the last applied record", "shutdown"),
+        ("shard handed over after a requested shutdown", "handed_over"),
+    ]
+    assert logs[-1]["checkpointed_at"] == f"{seq(1)}/0"
+
+
+def test_lease_lost_without_a_shutdown_is_a_warning(store: Store) -> None:
+    lines = [
+        initialize(),
+        process_records([record_message(1, click("u1", 0), ARRIVAL_MS)]),
+        checkpoint_reply(seq(1)),
+        json.dumps({"action": "leaseLost"}),
+    ]
+    assert drive(store, lines)[-1] == status("leaseLost")
+    last = json.loads(drive.stderr.splitlines()[-1])  # type: ignore[attr-defined]
+    assert (last["level"], last["event"], last["last_applied"]) == ("warning", "lease_lost", f"{seq(1)}/0")
+    assert last["message"].startswith("lease lost; another worker took the shard")
 
 
 def test_empty_batch_takes_no_checkpoint(store: Store) -> None:
