@@ -192,6 +192,8 @@ def main() -> int:
                 consumer.kill()
         stack.stop()
     say(f"done in {time.monotonic() - began:.0f}s")
+    say(f"the working folder {work} is kept: the store (thyme.db), the consumer's log (consumer.log) and")
+    say(f"the local stack's logs (aws/); look inside, or remove it with: rm -rf {work}")
     return 0
 
 
