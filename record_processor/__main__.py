@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -81,7 +82,9 @@ def load_config(argv: list[str] | None = None) -> ProcessorConfig:
 
 def main(argv: list[str] | None = None) -> int:
     context: dict[str, object] = {"component": "record_processor"}
-    logs.configure(context)
+    # At most INFO: the `batch applied` lines are how the launcher counts progress and metrics;
+    # it leaves out of its stderr the lines below the level the user asked for.
+    logs.configure(context, level=min(logs.level_from_env(), logging.INFO))
     try:
         config = load_config(argv)
         context["dataset"] = config.dataset.name

@@ -24,7 +24,12 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "app.py"
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("THYME_KINESIS_ROLE_ARN", "THYME_KINESIS_REGION", "THYME_KINESIS_ENDPOINT_URL"):
+    for name in (
+        "THYME_KINESIS_ROLE_ARN",
+        "THYME_KINESIS_REGION",
+        "THYME_KINESIS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_KINESIS",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -417,6 +422,12 @@ def test_endpoint_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("THYME_KINESIS_ENDPOINT_URL", "http://127.0.0.1:4566/")
     assert KinesisSource(ARN).endpoint_url == "http://127.0.0.1:4566"
     assert KinesisSource(ARN, endpoint_url="https://kinesis.example:443").endpoint_url == "https://kinesis.example:443"
+    # the AWS SDKs' own variable, after ours: one export serves `aws`, boto3 and the consumer
+    monkeypatch.setenv("AWS_ENDPOINT_URL_KINESIS", "http://127.0.0.1:4567")
+    assert KinesisSource(ARN).endpoint_url == "http://127.0.0.1:4566"
+    monkeypatch.delenv("THYME_KINESIS_ENDPOINT_URL")
+    assert KinesisSource(ARN).endpoint_url == "http://127.0.0.1:4567"
+    monkeypatch.delenv("AWS_ENDPOINT_URL_KINESIS")
     with pytest.raises(SourceError) as info:
         KinesisSource(ARN, endpoint_url="localhost:4566")
     assert str(info.value) == (

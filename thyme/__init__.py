@@ -12,7 +12,6 @@ serving layer on first use, and dataset classes get their ``lookup`` methods fro
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from thyme import dataset as _dataset
@@ -20,6 +19,7 @@ from thyme.dataset import Field, dataset, field
 from thyme.errors import ConfigError, ThymeError
 from thyme.schema import DatasetSchema
 from thyme.secret import Secret
+from thyme.times import TimeLike
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -35,13 +35,13 @@ T = TypeVar("T")
 class _Serving:
     """``Dataset.lookup`` and ``Dataset.lookup_many``, loading the serving layer on first use."""
 
-    def lookup(self, klass: type[T], key: object, at: datetime | None = None, store: Any = None) -> T | None:
+    def lookup(self, klass: type[T], key: object, at: TimeLike | None = None, store: Any = None) -> T | None:
         from thyme.serving import lookup
 
         return lookup(klass, key, at=at, store=store)
 
     def lookup_many(
-        self, klass: type[T], keys: Sequence[object], at: datetime | None = None, store: Any = None
+        self, klass: type[T], keys: Sequence[object], at: TimeLike | None = None, store: Any = None
     ) -> list[T | None]:
         from thyme.serving import lookup_many
 

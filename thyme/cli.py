@@ -7,11 +7,12 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, cast
 
 import msgspec
 
 from thyme.errors import ThymeError
+from thyme.logs import ENV_LOG_LEVEL, LEVELS
 
 if TYPE_CHECKING:
     from thyme.kinesis.launcher import RunOptions
@@ -21,13 +22,18 @@ EXIT_USAGE = 2
 
 
 def _at(value: str) -> datetime:
+    """A time as users write it: ISO-8601 with a zone, epoch seconds or ms, or "10m" back from now."""
+    from thyme.times import parse_time
+
     try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {value!r}") from None
-    if moment.tzinfo is None:
-        raise argparse.ArgumentTypeError(f'{value!r} has no time zone; add "Z" or an offset')
-    return moment
+        return parse_time(value, "time")
+    except ThymeError as exc:
+        problem = getattr(exc, "problem", str(exc))
+        raise argparse.ArgumentTypeError(f"{problem} (got {value!r}). {getattr(exc, 'fix', '')}".strip()) from None
+
+
+_DATASET_HELP = "the dataset class, e.g. app:ClickEvent or path/to/app.py:ClickEvent"
+_TIME_HELP = 'ISO-8601 with a zone, epoch seconds or ms, or back from now: "10m", "2h"'
 
 
 def _cmd_lookup(args: argparse.Namespace) -> int:
@@ -53,17 +59,25 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
     from thyme.handover import DEFAULT_NAMESPACE
     from thyme.kinesis.launcher import RunOptions
 
+    given = vars(args)
+    daemon = {
+        option: given[arg]
+        for arg, option in (
+            ("worker_id", "worker_id"),
+            ("profile", "profile"),
+            ("idle_ms", "idle_time_between_reads_ms"),
+            ("shutdown_grace_ms", "shutdown_grace_ms"),
+            ("failover_ms", "failover_time_ms"),
+        )
+        if arg in given  # `status` has none of the daemon's settings
+    }
+    if "child_timeout_s" in given:
+        daemon["child_timeout_s"] = given["child_timeout_s"] or None
     return RunOptions(
         store_url=args.store,
         application_name=args.application_name,
-        worker_id=args.worker_id,
-        profile=args.profile,
         dynamodb_endpoint_url=args.dynamodb_endpoint_url,
         sts_endpoint_url=args.sts_endpoint_url,
-        idle_time_between_reads_ms=args.idle_ms,
-        shutdown_grace_ms=args.shutdown_grace_ms,
-        failover_time_ms=args.failover_ms,
-        child_timeout_s=args.child_timeout_s or None,
         metrics=getattr(args, "metrics", None),
         metrics_namespace=getattr(args, "metrics_namespace", None) or DEFAULT_NAMESPACE,
         progress=getattr(args, "progress", None),
@@ -72,7 +86,18 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
         bootstrap_leases=getattr(args, "bootstrap_leases", True),
         check_environment=getattr(args, "check_environment", True),
         environment_check_s=getattr(args, "environment_check_s", 30.0),
+        log_level=_log_level(args.log_level) if "log_level" in given else "info",
+        **daemon,
     )
+
+
+def _log_level(given: str | None) -> Literal["debug", "info", "warning", "error"]:
+    from thyme.errors import ConfigError
+
+    value = given or os.environ.get(ENV_LOG_LEVEL, "").strip().lower() or "info"
+    if value not in LEVELS:
+        raise ConfigError(ENV_LOG_LEVEL, "not a log level", f"Use one of {', '.join(LEVELS)}.", value)
+    return cast('Literal["debug", "info", "warning", "error"]', value)
 
 
 def _cmd_kinesis_properties(args: argparse.Namespace) -> int:
@@ -98,9 +123,10 @@ def _cmd_kinesis_status(args: argparse.Namespace) -> int:
 
 def _dead_letter_query(args: argparse.Namespace, include_redriven: bool = False) -> DeadLetterQuery:
     from thyme.store import DeadLetterQuery
+    from thyme.times import to_us
 
     def us(moment: datetime | None) -> int | None:
-        return None if moment is None else int(moment.timestamp() * 1_000_000)
+        return None if moment is None else to_us(moment)
 
     return DeadLetterQuery(
         shard=args.shard, since_us=us(args.since), until_us=us(args.until), include_redriven=include_redriven
@@ -111,6 +137,7 @@ def _cmd_kinesis_dead_letters(args: argparse.Namespace) -> int:
     from thyme.loader import load_dataset
     from thyme.schema import dataset_schema
     from thyme.store import open_store
+    from thyme.times import iso_from_ms, iso_from_us
 
     schema = dataset_schema(load_dataset(args.dataset))
     assert schema is not None
@@ -119,6 +146,7 @@ def _cmd_kinesis_dead_letters(args: argparse.Namespace) -> int:
         letters = store.dead_letters(
             schema, reason=args.reason, limit=args.limit, query=_dead_letter_query(args, args.include_redriven)
         )
+        held = store.dead_letter_counts(schema) if not letters and args.reason is not None else {}
     finally:
         store.close()
     for letter in letters:
@@ -129,6 +157,10 @@ def _cmd_kinesis_dead_letters(args: argparse.Namespace) -> int:
             "sub_sequence": letter.sub_sequence,
             "partition_key": letter.partition_key,
             "reason": letter.reason,
+            # times in ISO-8601 UTC to read, and the raw numbers (unit in the name) to compute with
+            "arrived_at": iso_from_ms(letter.arrival_ms),
+            "recorded_at": iso_from_us(letter.recorded_at_us),
+            "redriven_at": iso_from_us(letter.redriven_at_us),
             "arrival_ms": letter.arrival_ms,
             "recorded_at_us": letter.recorded_at_us,
             "redriven_at_us": letter.redriven_at_us,
@@ -136,22 +168,40 @@ def _cmd_kinesis_dead_letters(args: argparse.Namespace) -> int:
             "payload": letter.raw.decode("utf-8", "backslashreplace"),
         }
         sys.stdout.write(msgspec.json.encode(entry).decode() + "\n")
-    return 0
+    return 0 if letters or args.reason is None else _no_such_reason(args.reason, held)
+
+
+def _no_such_reason(wanted: str, held: dict[str, int]) -> int:
+    """A ``--reason`` that matches nothing held: say so, with the reasons that are, and exit 1
+    (a typo must not look like "no dead letters")."""
+    from thyme.store.common import reason_matches
+
+    if any(reason_matches(reason, wanted) for reason in held):
+        return 0  # the reason is held; the other filters left nothing
+    top = sorted(held.items(), key=lambda item: (-item[1], item[0]))
+    listed = "; ".join(f"{reason} ({n})" for reason, n in top[:10]) + ("; …" if len(top) > 10 else "")
+    hint = f"reasons held: {listed}" if held else "no dead letters are held"
+    sys.stderr.write(f"thyme: no dead letters with reason {wanted!r} (or starting with it); {hint}\n")
+    return 1
 
 
 def _cmd_kinesis_redrive(args: argparse.Namespace) -> int:
     from thyme.loader import load_dataset
     from thyme.redrive import redrive
+    from thyme.schema import dataset_schema as schema_of
     from thyme.store import open_store
 
     klass = load_dataset(args.dataset)
     store = open_store(args.store, create=False)
     try:
         report = redrive(klass, store, reason=args.reason, query=_dead_letter_query(args), dry_run=args.dry_run)
+        held = {}
+        if not report.examined and args.reason is not None and (schema := schema_of(klass)) is not None:
+            held = store.dead_letter_counts(schema)
     finally:
         store.close()
     sys.stdout.write(msgspec.json.encode(report.as_dict()).decode() + "\n")
-    return 0
+    return 0 if report.examined or args.reason is None else _no_such_reason(args.reason, held)
 
 
 def _cmd_kinesis_run(args: argparse.Namespace) -> int:
@@ -159,24 +209,20 @@ def _cmd_kinesis_run(args: argparse.Namespace) -> int:
     from thyme.loader import load_dataset
     from thyme.logs import configure
 
-    configure({"component": "thyme.kinesis", "dataset": args.dataset.rpartition(":")[2]})
-    return run(load_dataset(args.dataset), _run_options(args))
+    options = _run_options(args)
+    configure({"component": "thyme.kinesis", "dataset": args.dataset.rpartition(":")[2]}, LEVELS[options.log_level])
+    return run(load_dataset(args.dataset), options)
 
 
-def _add_run_options(command: argparse.ArgumentParser) -> None:
-    command.add_argument("dataset", metavar="MODULE:DATASET", help="e.g. app:ClickEvent or path/to/app.py:ClickEvent")
+def _add_dataset_options(command: argparse.ArgumentParser) -> None:
+    """What every Kinesis command needs to find a dataset's consumer: its store and lease table."""
+    command.add_argument("dataset", metavar="MODULE:DATASET", help=_DATASET_HELP)
     command.add_argument("--store", default=None, help="store URL (default: $THYME_STORE_URL or sqlite:///thyme.db)")
     command.add_argument(
         "--application-name",
         default=None,
-        help="KCL application and lease table name (default: thyme-<dataset>-<stream>)",
-    )
-    command.add_argument("--worker-id", default=None, help="KCL worker id (default: the host name)")
-    command.add_argument(
-        "--profile",
-        choices=["local", "aws"],
-        default=None,
-        help="timing profile: local (fast discovery, no CloudWatch) when an endpoint URL is set, else aws",
+        help="KCL application and lease table name (default: thyme-<dataset>-<stream>, thyme-<dataset>-v<N>-<stream> "
+        "for version N > 1)",
     )
     command.add_argument(
         "--dynamodb-endpoint-url",
@@ -185,6 +231,17 @@ def _add_run_options(command: argparse.ArgumentParser) -> None:
     )
     command.add_argument(
         "--sts-endpoint-url", default=None, help="STS endpoint for assuming role_arn ($THYME_STS_ENDPOINT_URL)"
+    )
+
+
+def _add_daemon_options(command: argparse.ArgumentParser) -> None:
+    """The daemon's settings: for ``run`` and for ``properties``, which prints them."""
+    command.add_argument("--worker-id", default=None, help="KCL worker id (default: the host name)")
+    command.add_argument(
+        "--profile",
+        choices=["local", "aws"],
+        default=None,
+        help="timing profile: local (fast discovery, no CloudWatch) when an endpoint URL is set, else aws",
     )
     command.add_argument("--idle-ms", type=int, default=250, help="idleTimeBetweenReadsInMillis (>= 200)")
     command.add_argument("--shutdown-grace-ms", type=int, default=30_000, help="shutdownGraceMillis")
@@ -219,8 +276,32 @@ def _cmd_store_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Version(argparse.Action):
+    """``--version``: this package's version and the KCL daemon's it would run (found lazily: the
+    CLI's other commands never look for jars they do not need)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the versions of thyme-kinesis and the KCL daemon")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        from thyme import __version__
+        from thyme.kinesis.launcher import kcl_version
+
+        try:
+            ours = version("thyme-kinesis")
+        except PackageNotFoundError:  # run from a source tree
+            ours = __version__
+        kcl, folder = kcl_version()
+        daemon = f"KCL MultiLangDaemon {kcl} ({folder})" if kcl else f"KCL MultiLangDaemon not found in {folder}"
+        sys.stdout.write(f"thyme-kinesis {ours}; {daemon}; Python {sys.version.split()[0]}\n")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="thyme", description="Thyme feature platform: Kinesis ingestion and lookups.")
+    parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(dest="command", required=True)
 
     lookup = commands.add_parser(
@@ -229,13 +310,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the newest version of each KEY with event time <= --at (default now), as JSON. "
         "Exit status 1 if a key has no version.",
     )
-    lookup.add_argument("dataset", metavar="MODULE:DATASET")
-    lookup.add_argument("keys", metavar="KEY", nargs="+")
-    lookup.add_argument("--at", type=_at, default=None, help="ISO-8601 time with a zone (default: now)")
+    lookup.add_argument("dataset", metavar="MODULE:DATASET", help=_DATASET_HELP)
+    lookup.add_argument(
+        "keys", metavar="KEY", nargs="+", help="values of the dataset's key field; each is converted to its type"
+    )
+    lookup.add_argument(
+        "--at", type=_at, default=None, help=f"the moment to look up as of: {_TIME_HELP} (default: now)"
+    )
     lookup.add_argument("--store", default=None, help="store URL (default: $THYME_STORE_URL or sqlite:///thyme.db)")
     lookup.set_defaults(handler=_cmd_lookup)
 
-    store = commands.add_parser("store", help="manage the store")
+    store = commands.add_parser(
+        "store", help="manage the store", description="Create or upgrade the store's tables ahead of the consumers."
+    )
     store_commands = store.add_subparsers(dest="store_command", required=True)
     migrate = store_commands.add_parser(
         "migrate",
@@ -244,12 +331,19 @@ def build_parser() -> argparse.ArgumentParser:
         "print the SQL script instead, for a DBA to review and run with an admin user; consumers then "
         "only need to read and write.",
     )
-    migrate.add_argument("datasets", metavar="MODULE:DATASET", nargs="+")
+    migrate.add_argument(
+        "datasets", metavar="MODULE:DATASET", nargs="+", help="the dataset classes to prepare tables for"
+    )
     migrate.add_argument("--store", default=None, help="store URL (default: $THYME_STORE_URL or sqlite:///thyme.db)")
     migrate.add_argument("--print", action="store_true", help="print the SQL instead of running it (PostgreSQL)")
     migrate.set_defaults(handler=_cmd_store_migrate)
 
-    kinesis = commands.add_parser("kinesis", help="run and inspect Kinesis consumers")
+    kinesis = commands.add_parser(
+        "kinesis",
+        help="run and inspect Kinesis consumers",
+        description="Run a dataset's Kinesis consumer, print its KCL properties, its per-shard status, its "
+        "dead letters, and re-drive them.",
+    )
     kinesis_commands = kinesis.add_subparsers(dest="kinesis_command", required=True)
     run = kinesis_commands.add_parser(
         "run",
@@ -257,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start the KCL MultiLangDaemon for MODULE:DATASET and keep it running. One child "
         "process per leased shard applies records to the store; SIGTERM or Ctrl-C stops gracefully.",
     )
-    _add_run_options(run)
+    _add_dataset_options(run)
+    _add_daemon_options(run)
     run.add_argument(
         "--metrics",
         choices=["emf", "off"],
@@ -309,19 +404,29 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="a status line with records/s and lag below the logs (default: only on a terminal)",
     )
+    run.add_argument(
+        "--log-level",
+        choices=list(LEVELS),
+        default=None,
+        help="the lowest level written to stderr ($THYME_LOG_LEVEL; default info). The KCL's own lines "
+        "follow: its WARN and ERROR, its INFO only at debug ($THYME_KCL_LOG_LEVEL sets its level alone)",
+    )
     run.set_defaults(handler=_cmd_kinesis_run)
     props = kinesis_commands.add_parser(
         "properties",
         help="print the KCL properties `run` would use (credentials redacted)",
+        description="Print the .properties file `thyme kinesis run` would give the KCL MultiLangDaemon with the "
+        "same options, credentials and role ARNs redacted; nothing is started and no AWS call is made.",
     )
-    _add_run_options(props)
+    _add_dataset_options(props)
+    _add_daemon_options(props)
     props.set_defaults(handler=_cmd_kinesis_properties)
     status = kinesis_commands.add_parser(
         "status",
         help="per shard: lease owner, KCL checkpoint, store position, watermark, counters",
         description="Read the KCL lease table and the store: one row per shard, then dead letters by reason.",
     )
-    _add_run_options(status)
+    _add_dataset_options(status)
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.set_defaults(handler=_cmd_kinesis_status)
     dead = kinesis_commands.add_parser(
@@ -342,14 +447,18 @@ def build_parser() -> argparse.ArgumentParser:
         "JSON summary.",
     )
     for command in (listing, again):
-        command.add_argument("dataset", metavar="MODULE:DATASET")
+        command.add_argument("dataset", metavar="MODULE:DATASET", help=_DATASET_HELP)
         command.add_argument(
             "--store", default=None, help="store URL (default: $THYME_STORE_URL or sqlite:///thyme.db)"
         )
-        command.add_argument("--reason", default=None, help='only this reason, e.g. late or "invalid_json"')
+        command.add_argument(
+            "--reason",
+            default=None,
+            help='only this reason or the reasons starting with it: late, schema, "schema: temperature_c"',
+        )
         command.add_argument("--shard", default=None, help="only this shard, e.g. shardId-000000000001")
-        command.add_argument("--since", type=_at, default=None, help="recorded at or after this ISO-8601 time")
-        command.add_argument("--until", type=_at, default=None, help="recorded before this ISO-8601 time")
+        command.add_argument("--since", type=_at, default=None, help=f"recorded at or after this time: {_TIME_HELP}")
+        command.add_argument("--until", type=_at, default=None, help=f"recorded before this time: {_TIME_HELP}")
     listing.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
     listing.add_argument("--include-redriven", action="store_true", help="also the ones already re-driven")
     listing.set_defaults(handler=_cmd_kinesis_dead_letters)

@@ -24,11 +24,11 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from typing import Annotated, Any, ClassVar, Final, TypeAlias, TypeVar, dataclass_transform, overload
 
 from thyme.errors import DatasetError
 from thyme.schema import SCALAR_KINDS, SUPPORTED_TYPES, DatasetSchema, FieldSchema, TypeSpec
+from thyme.times import TimeLike
 
 T = TypeVar("T")
 C = TypeVar("C", bound=type)
@@ -216,11 +216,11 @@ def _install_value_methods(cls: type, schema: DatasetSchema) -> None:
         """The row as a dict, fields in declaration order."""
         return {n: getattr(self, n) for n in names}
 
-    def lookup(klass: type[T], key: object, at: datetime | None = None, store: Any = None) -> T | None:
+    def lookup(klass: type[T], key: object, at: TimeLike | None = None, store: Any = None) -> T | None:
         """The newest version of ``key`` with event time ≤ ``at`` (default: now), or None."""
         return _serving().lookup(klass, key, at=at, store=store)
 
-    def lookup_many(klass: type[T], keys: Any, at: datetime | None = None, store: Any = None) -> list[T | None]:
+    def lookup_many(klass: type[T], keys: Any, at: TimeLike | None = None, store: Any = None) -> list[T | None]:
         """:meth:`lookup` for each key, in order, from one snapshot of the store."""
         return _serving().lookup_many(klass, keys, at=at, store=store)
 
@@ -236,10 +236,10 @@ def _install_value_methods(cls: type, schema: DatasetSchema) -> None:
 class Serving(typing.Protocol):
     """What ``Dataset.lookup`` and ``Dataset.lookup_many`` call (``thyme/serving.py`` provides it)."""
 
-    def lookup(self, klass: type[T], key: object, at: datetime | None = ..., store: Any = ...) -> T | None: ...
+    def lookup(self, klass: type[T], key: object, at: TimeLike | None = ..., store: Any = ...) -> T | None: ...
 
     def lookup_many(
-        self, klass: type[T], keys: Sequence[object], at: datetime | None = ..., store: Any = ...
+        self, klass: type[T], keys: Sequence[object], at: TimeLike | None = ..., store: Any = ...
     ) -> list[T | None]: ...
 
 

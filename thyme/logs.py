@@ -5,9 +5,20 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
+
+ENV_LOG_LEVEL: Final = "THYME_LOG_LEVEL"
+LEVELS: Final = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def level_from_env(environ: dict[str, str] | None = None) -> int:
+    """``$THYME_LOG_LEVEL`` as a logging level (unset or not one of :data:`LEVELS`: INFO; the CLI
+    refuses a wrong value before anything starts, so a child never sees one)."""
+    value = (os.environ if environ is None else environ).get(ENV_LOG_LEVEL, "").strip().lower()
+    return LEVELS.get(value, logging.INFO)
 
 
 class JsonLines(logging.Formatter):

@@ -88,7 +88,7 @@ def redrive(
         fixes: list[tuple[int, Row]] = []
         for letter in page:
             report.examined += 1
-            if letter.reason == INVALID_BASE64 or (letter.reason == LATE and reason != LATE):
+            if letter.reason == INVALID_BASE64 or (letter.reason == LATE and (reason or "").strip() != LATE):
                 report.not_redriven[letter.reason] += 1
                 continue
             arrival = letter.arrival_ms if letter.arrival_ms is not None else int(clock() * 1000)

@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from functools import lru_cache
 from typing import Any, TypeVar
 
 import msgspec
 
+from thyme import times
 from thyme.errors import ConfigError, SchemaChangedError
 from thyme.schema import DatasetSchema, TypeSpec, dataset_schema
 from thyme.store import Store, open_store, store_url
+from thyme.times import TimeLike
 
 T = TypeVar("T")
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _stored_type(spec: TypeSpec) -> Any:
@@ -83,21 +84,12 @@ def coerce_key(schema: DatasetSchema, key: object) -> str | int:
     )
 
 
-def to_us(at: datetime | None) -> int:
-    """``at`` (default now) in µs since the epoch; a naive datetime is refused."""
-    if at is None:
-        at = datetime.now(UTC)
-    if at.tzinfo is None:
-        raise ConfigError(
-            "lookup(at=...)",
-            "the time has no time zone",
-            "Pass an aware datetime, e.g. with tzinfo=timezone.utc.",
-            value=at,
-        )
-    return (at - EPOCH) // _ONE_US
+def to_us(at: TimeLike | None) -> int:
+    """``at`` (default now) in µs since the epoch: an aware datetime, ISO-8601 with a zone, epoch
+    seconds or milliseconds, or a duration back from now (:mod:`thyme.times`); no naive times."""
+    return times.to_us(datetime.now(UTC) if at is None else times.parse_time(at, "lookup(at=...)"))
 
 
-_ONE_US = timedelta(microseconds=1)
 _OPENING = threading.Lock()
 
 
@@ -126,7 +118,7 @@ def _served(klass: type) -> DatasetSchema:
     return schema
 
 
-def lookup(klass: type[T], key: object, at: datetime | None = None, store: Store | str | None = None) -> T | None:
+def lookup(klass: type[T], key: object, at: TimeLike | None = None, store: Store | str | None = None) -> T | None:
     """The newest version of ``key`` in dataset ``klass`` with event time ≤ ``at`` (default: now).
 
     Ties (same key and event time) go to the version applied last, which is stream order.
@@ -137,7 +129,7 @@ def lookup(klass: type[T], key: object, at: datetime | None = None, store: Store
 
 
 def lookup_many(
-    klass: type[T], keys: Sequence[object], at: datetime | None = None, store: Store | str | None = None
+    klass: type[T], keys: Sequence[object], at: TimeLike | None = None, store: Store | str | None = None
 ) -> list[T | None]:
     """:func:`lookup` for each of ``keys``, in order (None where a key has no version), read from
     one snapshot of the store: a batch of features for one request, consistent with each other."""

@@ -26,6 +26,9 @@ _EXTERNAL_ID: Final = re.compile(r"[A-Za-z0-9_+.@:/-]{2,1224}")
 (``externalId=a=b`` is dropped with a WARN that prints it; a comma starts another provider)."""
 ENV_REGION: Final = "THYME_KINESIS_REGION"
 ENV_ENDPOINT_URL: Final = "THYME_KINESIS_ENDPOINT_URL"
+AWS_ENV_ENDPOINT_URL: Final = "AWS_ENDPOINT_URL_KINESIS"
+"""The AWS SDKs' own variable for the Kinesis endpoint, honoured after ours (``aws`` and boto3
+read it too, so one export serves them all)."""
 DEFAULT_REGION: Final = "us-east-1"
 SUPPORTED_FORMATS: Final = ("json",)
 
@@ -218,7 +221,7 @@ class KinesisSource:
 
     @staticmethod
     def _pick_endpoint(endpoint_url: str | None) -> str | None:
-        picked = _explicit_or_env(endpoint_url, "endpoint_url", ENV_ENDPOINT_URL)
+        picked = _explicit_or_env(endpoint_url, "endpoint_url", ENV_ENDPOINT_URL, AWS_ENV_ENDPOINT_URL)
         if picked is None:
             return None
         origin, value = picked
@@ -346,13 +349,14 @@ class KinesisSource:
         )
 
 
-def _explicit_or_env(value: object, parameter: str, env: str) -> tuple[str, object] | None:
-    """``(where it came from, value)``: the argument if given, else the environment variable if
-    set and not empty, else None. An explicit argument always wins."""
+def _explicit_or_env(value: object, parameter: str, *envs: str) -> tuple[str, object] | None:
+    """``(where it came from, value)``: the argument if given, else the first of the environment
+    variables set and not empty, else None. An explicit argument always wins."""
     if value is not None:
         return f"KinesisSource({parameter}=...)", value
-    if os.environ.get(env):
-        return f"{env} (environment)", os.environ[env]
+    for env in envs:
+        if os.environ.get(env):
+            return f"{env} (environment)", os.environ[env]
     return None
 
 

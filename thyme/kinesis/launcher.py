@@ -49,10 +49,12 @@ from thyme.handover import (
 )
 from thyme.kinesis.aws import AwsError
 from thyme.kinesis.bootstrap import bootstrap_leases
+from thyme.kinesis.kcl_logs import KCL_LEVEL_ENV, KCL_LEVEL_FOR, convert
 from thyme.kinesis.preflight import StreamWatch, Target, check_environment
 from thyme.kinesis.progress import Progress
 from thyme.kinesis.prometheus import PrometheusExporter
 from thyme.kinesis.properties import KclProperties, Profile, build_properties
+from thyme.logs import ENV_LOG_LEVEL
 from thyme.schema import dataset_schema
 from thyme.store import Feed, open_store, store_url
 
@@ -64,6 +66,15 @@ ENV_LOGBACK: Final = "THYME_KCL_LOGBACK"
 ENV_JAVA_OPTS: Final = "THYME_JAVA_OPTS"
 ENV_DYNAMODB_ENDPOINT: Final = "THYME_DYNAMODB_ENDPOINT_URL"
 ENV_STS_ENDPOINT: Final = "THYME_STS_ENDPOINT_URL"
+
+
+def env_endpoint(environ: Mapping[str, str], service: Literal["dynamodb", "sts"]) -> str | None:
+    """The endpoint of ``service`` from the environment: ``THYME_<SERVICE>_ENDPOINT_URL``, else the
+    AWS SDKs' own ``AWS_ENDPOINT_URL_<SERVICE>``, else None (the service's public endpoint)."""
+    ours = ENV_DYNAMODB_ENDPOINT if service == "dynamodb" else ENV_STS_ENDPOINT
+    return environ.get(ours) or environ.get(f"AWS_ENDPOINT_URL_{service.upper()}") or None
+
+
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 DEFAULT_CHILD_TIMEOUT_S: Final = 300
 CHILD_TIMEOUT_MARGIN_S: Final = 75
@@ -102,6 +113,9 @@ class RunOptions:
     prometheus_address: str = "127.0.0.1"
     progress: bool | None = None
     """A status line (records/s, lag) below the logs; None: only when stderr is a terminal."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """The lowest level written to stderr, ours and the children's; the KCL's own follows
+    (``kcl_logs.KCL_LEVEL_FOR``: its INFO only at debug) unless ``$THYME_KCL_LOG_LEVEL`` is set."""
     check_environment: bool = True
     """Before the daemon starts, check credentials, the stream, the shards and the lease table
     (``thyme.kinesis.preflight``); while it runs, describe the stream every ``environment_check_s``."""
@@ -155,9 +169,21 @@ def _java() -> str:
     return found
 
 
-def _classpath() -> Path:
+def _classpath_folder() -> Path:
     configured = os.environ.get(ENV_CLASSPATH)
-    path = Path(configured) if configured else REPO_ROOT / ".kcl" / "lib"
+    return Path(configured) if configured else REPO_ROOT / ".kcl" / "lib"
+
+
+def kcl_version() -> tuple[str | None, Path]:
+    """The MultiLangDaemon's version in the classpath folder (None: no daemon jar there) and the folder."""
+    path = _classpath_folder()
+    jars = sorted(path.glob("amazon-kinesis-client-multilang-*.jar")) if path.is_dir() else []
+    version = jars[-1].name.removeprefix("amazon-kinesis-client-multilang-").removesuffix(".jar") if jars else None
+    return version, path
+
+
+def _classpath() -> Path:
+    path = _classpath_folder()
     if not path.is_dir() or not any(path.glob("amazon-kinesis-client-multilang-*.jar")):
         raise LaunchError(
             f"the KCL jars are missing from {path}: run scripts/setup_kcl.sh (it resolves them with "
@@ -229,8 +255,8 @@ def plan(
         python=python,
         application_name=options.application_name,
         worker_id=options.worker_id,
-        dynamodb_endpoint_url=options.dynamodb_endpoint_url or environ.get(ENV_DYNAMODB_ENDPOINT) or None,
-        sts_endpoint_url=options.sts_endpoint_url or environ.get(ENV_STS_ENDPOINT) or None,
+        dynamodb_endpoint_url=options.dynamodb_endpoint_url or env_endpoint(environ, "dynamodb"),
+        sts_endpoint_url=options.sts_endpoint_url or env_endpoint(environ, "sts"),
         profile=options.profile,
         idle_time_between_reads_ms=options.idle_time_between_reads_ms,
         shutdown_grace_ms=options.shutdown_grace_ms,
@@ -251,7 +277,7 @@ def plan(
         or ("off" if (options.profile or (connection.endpoint_url and "local")) == "local" else "emf"),
         metrics_namespace=options.metrics_namespace,
     )
-    sts = options.sts_endpoint_url or environ.get(ENV_STS_ENDPOINT) or None
+    sts = options.sts_endpoint_url or env_endpoint(environ, "sts")
     return Plan(properties, config, _java(), _classpath(), _logback(), connection, sts)
 
 
@@ -271,6 +297,8 @@ class Supervisor:
         self._jvm: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._tail: collections.deque[str] = collections.deque(maxlen=40)
+        self._context = {"dataset": plan.config.dataset.name}
+        self._lowest = _RANK[options.log_level]
         self._progressed = False
         show = options.progress if options.progress is not None else _is_terminal(self.err)
         self.progress = Progress(self.err) if show else None
@@ -297,6 +325,8 @@ class Supervisor:
             _write_private(properties_file, self.plan.properties.render())
             _write_private(config_file, self.plan.config.model_dump_json())
             env = {**os.environ, ENV_PROCESSOR_CONFIG: str(config_file), "PYTHONUNBUFFERED": "1"}
+            env[ENV_LOG_LEVEL] = self.options.log_level
+            env[KCL_LEVEL_ENV] = os.environ.get(KCL_LEVEL_ENV) or KCL_LEVEL_FOR[self.options.log_level]
             if self.progress is not None:
                 threading.Thread(target=self._tick, name="progress", daemon=True).start()
             if self.exporter is not None:
@@ -380,12 +410,15 @@ class Supervisor:
             jvm.send_signal(signal.SIGTERM)
         assert jvm.stdout is not None
         for raw in jvm.stdout:  # the daemon's logs, and its children's stderr it echoes
-            line = raw.decode("utf-8", "replace")
-            self._tail.append(line.rstrip("\n"))
+            converted = convert(raw.decode("utf-8", "replace"), self._context)
+            line = converted.text
+            self._tail.append(converted.summary)
             if not self._progressed and is_batch_line(line):
                 self._progressed = True
             if self.exporter is not None:
                 self.exporter.observe(line)
+            if _RANK.get(converted.level or "", _ALWAYS) < self._lowest:
+                continue  # a child's line below the level asked for (the child logs at INFO at least)
             if self.progress is not None:
                 self.progress.write(line)
             else:
@@ -400,6 +433,11 @@ class Supervisor:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(jvm.pid, signal.SIGKILL)
         return jvm.wait()
+
+
+_RANK: Final = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+_ALWAYS: Final = 100
+"""Lines without a level (EMF metrics) are always written."""
 
 
 def _is_terminal(stream: TextIO) -> bool:

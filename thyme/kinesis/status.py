@@ -9,6 +9,7 @@ and the Thyme store: the dataset version's state for this stream only.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from typing import Any
 from thyme.connectors.source import source_spec
 from thyme.errors import LoadError
 from thyme.kinesis.aws import calling, check_stream, client_config, session_name, source_kinesis
-from thyme.kinesis.launcher import ENV_DYNAMODB_ENDPOINT, ENV_STS_ENDPOINT, RunOptions
+from thyme.kinesis.launcher import RunOptions, env_endpoint
 from thyme.kinesis.properties import default_application_name
 from thyme.schema import dataset_schema
 from thyme.store import Feed, open_store
@@ -45,6 +46,17 @@ class ShardStatus:
     """KCL's lag of the shard's reader behind the stream's tip, as reported with the last batch."""
     last_batch_at: str | None
     """When the store last applied a batch of this shard."""
+    owner_last_seen: str | None = None
+    """When the lease owner last reported its worker metrics (KCL 3's ``<app>-WorkerMetricStats``,
+    every 30 s, every 1 s with the local profile); None: no report found."""
+    owner_gone: bool | None = None
+    """The owner has not reported for longer than KCL itself waits (:data:`OWNER_GONE_AFTER_S`):
+    stopped or dead, its leases waiting for another worker; None: unknown."""
+
+
+OWNER_GONE_AFTER_S = 60
+"""Two of KCL's default worker-metrics report periods (30 s): after this KCL too counts a worker's
+metrics as stale and stops assigning it leases."""
 
 
 def _iso_us(us: int | None) -> str | None:
@@ -81,8 +93,27 @@ def read_leases(table: str, region: str, endpoint_url: str | None) -> dict[str, 
     return calling("the consumer's own identity", "dynamodb:Scan", where, endpoint_url, scan)
 
 
+def read_worker_reports(table: str, region: str, endpoint_url: str | None) -> dict[str, int]:
+    """Worker id → when it last reported (epoch seconds), from KCL 3's ``<table>-WorkerMetricStats``;
+    {} when that table is missing or unreadable (older KCL, a narrower policy): liveness is extra."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    client = boto3.client("dynamodb", region_name=region, endpoint_url=endpoint_url, config=client_config())
+    reports: dict[str, int] = {}
+    try:
+        for page in client.get_paginator("scan").paginate(TableName=f"{table}-WorkerMetricStats"):
+            for item in page["Items"]:
+                worker, updated = item.get("wid", {}).get("S"), item.get("lut", {}).get("N")
+                if worker is not None and updated is not None:
+                    reports[worker] = int(float(updated))
+    except ClientError:
+        return {}
+    return reports
+
+
 def status(
-    klass: type, options: RunOptions, environ: Mapping[str, str] | None = None
+    klass: type, options: RunOptions, environ: Mapping[str, str] | None = None, now: float | None = None
 ) -> tuple[list[ShardStatus], dict[str, int]]:
     """Every shard known to the lease table or the store, and the dead letters by reason."""
     environ = os.environ if environ is None else environ
@@ -92,10 +123,12 @@ def status(
     connector = spec.connector
     table = options.application_name or default_application_name(schema.name, connector.stream_name, schema.version)
     connection = connector.resolve(environ)
-    sts = options.sts_endpoint_url or environ.get(ENV_STS_ENDPOINT) or None
+    sts = options.sts_endpoint_url or env_endpoint(environ, "sts")
     check_stream(connection, source_kinesis(connection, sts, session_name(table)))
-    endpoint = options.dynamodb_endpoint_url or environ.get(ENV_DYNAMODB_ENDPOINT) or connector.endpoint_url
+    endpoint = options.dynamodb_endpoint_url or env_endpoint(environ, "dynamodb") or connector.endpoint_url
     leases = read_leases(table, connector.region, endpoint)
+    reports = read_worker_reports(table, connector.region, endpoint) if leases else {}
+    now = time.time() if now is None else now
     feed = Feed(schema, connector.stream_arn)
     store = open_store(options.store_url, create=False)
     try:
@@ -106,6 +139,7 @@ def status(
     rows = []
     for shard in sorted(set(leases) | set(shards)):
         lease, stored = leases.get(shard, {}), shards.get(shard)
+        seen = reports.get(lease["owner"]) if lease.get("owner") else None
         checkpoint = lease.get("checkpoint")
         if checkpoint is not None and lease.get("sub"):
             checkpoint = f"{checkpoint}/{lease['sub']}"
@@ -123,9 +157,31 @@ def status(
                 dead_letters_by_reason=by_shard.get(shard, {}),
                 millis_behind_latest=None if stored is None else stored.millis_behind_latest,
                 last_batch_at=None if stored is None else _iso_us(stored.updated_at_us),
+                owner_last_seen=None if seen is None else _iso_us(seen * 1_000_000),
+                owner_gone=None if seen is None else now - seen > OWNER_GONE_AFTER_S,
             )
         )
     return rows, total_by_reason(by_shard)
+
+
+def _owner(row: ShardStatus) -> str:
+    if row.lease_owner is None:
+        return "-"
+    if row.owner_gone and row.owner_last_seen is not None:
+        return f"{row.lease_owner} (gone since {row.owner_last_seen[:19]}Z)"
+    return row.lease_owner
+
+
+def short_position(value: str | None) -> str:
+    """``…<last 12 digits>[/sub]`` for a sequence number (``seq`` or ``seq/sub``, sub 0 left out);
+    KCL's sentinels (``TRIM_HORIZON``, ``SHARD_END``) as they are."""
+    if value is None:
+        return "-"
+    sequence, _, sub = value.partition("/")
+    if not sequence.isdigit():
+        return value
+    shown = sequence if len(sequence) <= 13 else "…" + sequence[-12:]
+    return shown + (f"/{sub}" if sub and sub != "0" else "")
 
 
 def as_json(rows: list[ShardStatus], reasons: dict[str, int]) -> dict[str, Any]:
@@ -133,12 +189,9 @@ def as_json(rows: list[ShardStatus], reasons: dict[str, int]) -> dict[str, Any]:
 
 
 def as_table(rows: list[ShardStatus], reasons: dict[str, int]) -> str:
-    """A plain-text table; long sequence numbers are shortened to their last 12 digits."""
-
-    def short(value: str | None) -> str:
-        if value is None:
-            return "-"
-        return value if len(value) <= 16 else "…" + value[-12:]
+    """A plain-text table. The KCL checkpoint and the store position are printed the same way
+    (the sequence number's last 12 digits, then ``/sub`` only when a sub-sequence is set), so
+    they can be compared by eye."""
 
     header = (
         "shard",
@@ -155,10 +208,10 @@ def as_table(rows: list[ShardStatus], reasons: dict[str, int]) -> str:
     lines = [
         (
             r.shard + (" (ended)" if r.ended else ""),
-            r.lease_owner or "-",
+            _owner(r),
             "-" if r.lease_counter is None else str(r.lease_counter),
-            short(r.kcl_checkpoint),
-            short(r.store_position),
+            short_position(r.kcl_checkpoint),
+            short_position(r.store_position),
             r.watermark or "-",
             "-" if r.millis_behind_latest is None else f"{r.millis_behind_latest / 1000:.1f}s",
             r.last_batch_at or "-",

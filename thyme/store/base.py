@@ -204,7 +204,8 @@ class Store(ShardStore, Protocol):
         *,
         query: DeadLetterQuery | None = None,
     ) -> list[DeadLetter]:
-        """Dead letters of a dataset version in the order recorded, optionally for one reason and the
+        """Dead letters of a dataset version in the order recorded, optionally for one reason (or its
+        start: ``schema`` finds every ``schema: …`` reason, see ``common.reason_forms``) and the
         filters of ``query``; by default only the ones not re-driven yet."""
 
     def dead_letter_counts(self, dataset: DatasetSchema) -> dict[str, int]:

@@ -148,14 +148,35 @@ def dead_letter(row: Sequence[Any]) -> DeadLetter:
     return DeadLetter(shard, sequence, sub_sequence, partition_key, bytes(raw), *rest)
 
 
+def reason_forms(reason: str) -> list[str]:
+    """What a ``--reason`` filter matches: the reason as typed and with each ``:`` written as the
+    stored reasons write it (``schema:temperature_c`` → ``schema: temperature_c``). Each form
+    matches a reason equal to it or starting with it and ``": "``, so ``schema`` finds every
+    schema reason and ``schema: temperature_c`` every reason about that field (no LIKE: field
+    names hold ``_``, a LIKE wildcard)."""
+    typed = reason.strip()
+    spaced = ": ".join(part.strip() for part in typed.split(":"))
+    return [typed] if spaced == typed else [typed, spaced]
+
+
+def reason_matches(reason: str, wanted: str) -> bool:
+    """:func:`dead_letter_filter`'s reason rule, in Python."""
+    return any(reason == form or reason.startswith(form + ": ") for form in reason_forms(wanted))
+
+
 def dead_letter_filter(
     dataset: DatasetSchema, reason: str | None, query: DeadLetterQuery, mark: str = "?"
 ) -> tuple[str, tuple[object, ...]]:
     """The WHERE clause (with ``mark`` as the parameter placeholder) and its arguments."""
     where = ["dataset = {}", "version = {}"]
     args: list[object] = [dataset.name, dataset.version]
+    if reason is not None:
+        either = []
+        for wanted in reason_forms(reason):
+            either.append("reason = {} OR substr(reason, 1, CAST({} AS INTEGER)) = {}")
+            args += [wanted, len(wanted) + 2, wanted + ": "]
+        where.append("(" + " OR ".join(either) + ")")
     for column, value in (
-        ("reason = {}", reason),
         ("shard = {}", query.shard),
         ("stream = {}", query.stream),
         ("recorded_at_us >= {}", query.since_us),
