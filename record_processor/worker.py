@@ -27,7 +27,7 @@ from typing import TypeVar
 from record_processor.envelope import InputRecord
 from thyme.errors import StoreUnavailableError
 from thyme.handover import DEFAULT_GIVE_UP_AFTER_S
-from thyme.records import INVALID_BASE64, LatenessPolicy, RecordRules
+from thyme.records import FUTURE_TIMESTAMP, INVALID_BASE64, LATE, LatenessPolicy, RecordRules
 from thyme.store.base import Batch, DeadLetter, Feed, Position, Row, ShardState, ShardStore
 
 log = logging.getLogger("record_processor")
@@ -208,6 +208,7 @@ class ShardWorker:
         dead: list[DeadLetter] = []
         now_ms = int(self._clock() * 1000)
         for record in records:
+            detail = None
             try:
                 if record.base64_error:
                     reason = INVALID_BASE64
@@ -216,6 +217,8 @@ class ShardWorker:
                     result = judge(record.data, now_ms if arrival is None else arrival, watermark)
                     if isinstance(result, str):
                         reason = result
+                        if reason in (LATE, FUTURE_TIMESTAMP):  # rare: say by how much, for the operator
+                            detail = self.rules.explain(record.data, now_ms if arrival is None else arrival, watermark)
                     else:
                         rows.append(result)
                         if watermark is None or result[1] > watermark:
@@ -233,6 +236,7 @@ class ShardWorker:
                     record.data,
                     reason,
                     record.arrival_ms,
+                    detail=detail,
                 )
             )
             outcome.dead_letters[_reason_class(reason)] += 1

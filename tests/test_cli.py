@@ -109,7 +109,9 @@ def _reading_store(tmp_path: Path) -> tuple[str, str]:
             "schema: temperature_c: expected float, got str",
             1796325000123,
         ),
-        DeadLetter("shardId-0", "4", 0, "d4", b'{"device":"d4","timestamp":1}', "late", 1796325000123),
+        DeadLetter(
+            "shardId-0", "4", 0, "d4", b'{"device":"d4","timestamp":1}', "late", 1796325000123, detail="9m behind"
+        ),
     ]
     assert db.apply(feed_of(schema), Batch("shardId-0", ShardState(Position(4)), rows, letters), None) is None
     db.close()
@@ -157,6 +159,7 @@ def test_dead_letters_print_iso_times_beside_the_raw_numbers(
     code, letters, _ = _listed(capsys, target, "--store", url, "--reason", "late")
     assert code == 0
     (late,) = letters
+    assert (late["reason"], late["detail"]) == ("late", "9m behind")
     assert late["arrived_at"] == "2026-12-03T19:10:00.123Z"
     assert late["arrival_ms"] == 1796325000123
     assert late["recorded_at"] == parse_time(late["recorded_at_us"], "x").isoformat(timespec="milliseconds").replace(

@@ -431,7 +431,7 @@ def test_sqlite_file_from_before_the_operating_columns_is_upgraded_on_open(tmp_p
         assert store.shard_state(FEED, "s") is None
         store.ensure_feed(FEED)
         (old,) = store.dead_letters(SCHEMA)
-        assert (old.id, old.reason, old.redriven_at_us, old.stream) == (1, "late", None, FEED.stream)
+        assert (old.id, old.reason, old.redriven_at_us, old.stream, old.detail) == (1, "late", None, FEED.stream, None)
         assert store.shard_state(FEED, "s") == state(1)
         assert store.apply(FEED, Batch("s", state(2), [], millis_behind_latest=7), state(1)) is None
         ((summary),) = store.shards(FEED)

@@ -391,13 +391,13 @@ def test_version_1_tables_are_upgraded_by_the_consumer_or_by_the_printed_script(
         if how == "open":
             open_store(url).close()
         else:
-            with pytest.raises(StoreConfigError, match=r"tables are at version 1, older than this Thyme's \(3\)"):
+            with pytest.raises(StoreConfigError, match=r"tables are at version 1, older than this Thyme's \(4\)"):
                 open_store(url, create=False)  # a read-only command does not upgrade them
             script = migration_script(url, [SCHEMA])
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute(script)
         with psycopg.connect(url) as conn:
-            assert max(v for (v,) in conn.execute("SELECT version FROM thyme_schema_version")) == SCHEMA_VERSION == 3
+            assert max(v for (v,) in conn.execute("SELECT version FROM thyme_schema_version")) == SCHEMA_VERSION == 4
         db = open_store(url)
         try:
             assert db.shard_state(FEED, "s") is None

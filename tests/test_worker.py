@@ -68,6 +68,16 @@ def test_batch_applies_rows_dead_letters_and_state(store: Store) -> None:
     assert letters["invalid_json"].raw == b"{oops"
     assert letters["invalid_base64"].raw == b"!!"
     assert json.loads(letters["late"].raw)["page"] == "/late"
+    # the numbers behind late and future_timestamp, kept beside the reason (which stays the class)
+    assert letters["late"].detail == (
+        "event time 2024-05-01T12:01:00.000Z is 9m behind the shard's watermark 2024-05-01T12:10:00.000Z; "
+        "max_lateness is 5m"
+    )
+    assert letters["future_timestamp"].detail == (
+        "event time 2024-05-01T15:20:00.000Z is 2h20m after the record's arrival 2024-05-01T13:00:00.000Z; "
+        "max_future_skew is 1h"
+    )
+    assert letters["invalid_json"].detail is None
     found = lookup(ClickEvent, "u1", store=store)
     assert found is not None
     assert found.page == "/a"

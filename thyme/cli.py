@@ -157,6 +157,7 @@ def _cmd_kinesis_dead_letters(args: argparse.Namespace) -> int:
             "sub_sequence": letter.sub_sequence,
             "partition_key": letter.partition_key,
             "reason": letter.reason,
+            "detail": letter.detail,
             # times in ISO-8601 UTC to read, and the raw numbers (unit in the name) to compute with
             "arrived_at": iso_from_ms(letter.arrival_ms),
             "recorded_at": iso_from_us(letter.recorded_at_us),

@@ -13,6 +13,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Final
 
+from thyme.duration import format_duration
+from thyme.times import from_us, iso
+
 LATE: Final = "late"
 FUTURE_TIMESTAMP: Final = "future_timestamp"
 
@@ -39,4 +42,22 @@ class LatenessPolicy:
         lateness = self._lateness_us
         if lateness is not None and watermark_us is not None and ts_us < watermark_us - lateness:
             return LATE
+        return None
+
+    def explain(self, ts_us: int, arrival_ms: int, watermark_us: int | None) -> str | None:
+        """Why :meth:`judge` rejects the record, with the numbers (None if it accepts it). Off the
+        hot path: only for records already rejected, to store beside their reason."""
+        reason = self.judge(ts_us, arrival_ms, watermark_us)
+        if reason == FUTURE_TIMESTAMP:
+            ahead = timedelta(microseconds=ts_us - arrival_ms * 1000)
+            return (
+                f"event time {iso(from_us(ts_us))} is {format_duration(ahead)} after the record's arrival "
+                f"{iso(from_us(arrival_ms * 1000))}; max_future_skew is {format_duration(self.max_future_skew)}"
+            )
+        if reason == LATE and watermark_us is not None and self.max_lateness is not None:
+            behind = timedelta(microseconds=watermark_us - ts_us)
+            return (
+                f"event time {iso(from_us(ts_us))} is {format_duration(behind)} behind the shard's watermark "
+                f"{iso(from_us(watermark_us))}; max_lateness is {format_duration(self.max_lateness)}"
+            )
         return None

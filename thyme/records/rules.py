@@ -33,3 +33,10 @@ class RecordRules:
             return result
         late = self._judge(result[1], arrival_ms, watermark_us)
         return result if late is None else late
+
+    def explain(self, raw: bytes, arrival_ms: int, watermark_us: int | None) -> str | None:
+        """The numbers behind a ``late`` or ``future_timestamp`` verdict on ``raw`` (the event time,
+        the watermark or arrival, the bound), or None for any other verdict. Decodes again: for
+        rejected records only, never on the hot path."""
+        result = self._decode(raw)
+        return None if isinstance(result, str) else self.lateness.explain(result[1], arrival_ms, watermark_us)

@@ -94,6 +94,9 @@ class DeadLetter:
     """When ``thyme kinesis dead-letters redrive`` applied it (kept, marked, for the record)."""
     stream: str = ""
     """The stream it was read from (filled in when read back; written from the batch's feed)."""
+    detail: str | None = None
+    """The numbers behind a ``late`` or ``future_timestamp`` reason: the event time, the watermark
+    or the arrival time, and the bound (the reason stays the class, so it counts and filters)."""
 
 
 @dataclass(frozen=True)

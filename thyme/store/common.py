@@ -52,7 +52,7 @@ def tables(d: Dialect) -> dict[str, str]:
         f"version INTEGER NOT NULL DEFAULT {LEGACY_VERSION}, stream TEXT NOT NULL DEFAULT '', shard TEXT NOT NULL, "
         "sequence TEXT NOT NULL, sub_sequence INTEGER NOT NULL, partition_key TEXT NOT NULL, "
         f"arrival_ms {d.int64}, reason TEXT NOT NULL, raw {d.blob} NOT NULL, recorded_at_us {d.int64} NOT NULL, "
-        f"redriven_at_us {d.int64})",
+        f"redriven_at_us {d.int64}, detail TEXT)",
     }
 
 
@@ -77,11 +77,13 @@ DEAD_LETTER_COUNTS_BY_SHARD: Final = (
     "AND redriven_at_us IS NULL GROUP BY shard, reason ORDER BY shard, reason"
 )
 DEAD_LETTER_INSERT_COLUMNS: Final = (
-    "dataset, version, stream, shard, sequence, sub_sequence, partition_key, arrival_ms, reason, raw, recorded_at_us"
+    "dataset, version, stream, shard, sequence, sub_sequence, partition_key, arrival_ms, reason, raw, recorded_at_us, "
+    "detail"
 )
 """The columns :func:`dead_letter_values` fills, in its order."""
 DEAD_LETTER_COLUMNS: Final = (
-    "shard, sequence, sub_sequence, partition_key, raw, reason, arrival_ms, recorded_at_us, id, redriven_at_us, stream"
+    "shard, sequence, sub_sequence, partition_key, raw, reason, arrival_ms, recorded_at_us, id, redriven_at_us, "
+    "stream, detail"
 )
 """The columns read back into a :class:`DeadLetter` (:func:`dead_letter`), in its field order."""
 
@@ -138,6 +140,7 @@ def dead_letter_values(feed: Feed, letter: DeadLetter, recorded_at_us: int) -> t
         letter.reason,
         letter.raw,
         recorded_at_us,
+        letter.detail,
     )
 
 

@@ -79,7 +79,20 @@ _CONFIG_PHRASES: Final = (
 
 SQL: Final = Statements.with_mark("%s")
 _DEAD_LETTER_COPY: Final = f"COPY thyme_dead_letters ({common.DEAD_LETTER_INSERT_COLUMNS}) FROM STDIN (FORMAT BINARY)"
-_DEAD_LETTER_TYPES: Final = ["text", "int4", "text", "text", "text", "int4", "text", "int8", "text", "bytea", "int8"]
+_DEAD_LETTER_TYPES: Final = [
+    "text",
+    "int4",
+    "text",
+    "text",
+    "text",
+    "int4",
+    "text",
+    "int8",
+    "text",
+    "bytea",
+    "int8",
+    "text",
+]
 _LOCK_STATE: Final = f"{SQL.select_state} FOR UPDATE"
 _SHARD_KEY: Final = common.SHARD_KEY.replace("?", "%s")
 T = TypeVar("T")

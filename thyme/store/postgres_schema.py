@@ -23,7 +23,7 @@ from thyme.schema import DatasetSchema
 from thyme.store import common
 from thyme.store.common import POSTGRES
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 """Version of Thyme's own tables in a PostgreSQL store."""
 SCHEMA_LOCK: Final = 0x7468796D65
 """``pg_advisory_xact_lock`` key ("thyme") taken while creating or upgrading tables."""
@@ -53,6 +53,8 @@ UPGRADES: Final = {
         f"ALTER TABLE thyme_dead_letters ADD COLUMN IF NOT EXISTS {_LEGACY_COLUMNS}",
         "DROP INDEX IF EXISTS thyme_dead_letters_by_reason",
     ),
+    # The numbers behind a late or future_timestamp reason.
+    4: ("ALTER TABLE thyme_dead_letters ADD COLUMN IF NOT EXISTS detail TEXT",),
 }
 """Statements that bring the tables from the version before to the key's version (idempotent)."""
 

@@ -55,6 +55,7 @@ _ADDED_COLUMNS: Final = (
     ("thyme_dead_letters", "redriven_at_us", "INTEGER"),
     ("thyme_dead_letters", "version", f"INTEGER NOT NULL DEFAULT {LEGACY_VERSION}"),
     ("thyme_dead_letters", "stream", "TEXT NOT NULL DEFAULT ''"),
+    ("thyme_dead_letters", "detail", "TEXT"),
 )
 """Columns added after the first release: a file created before them gets them on open. Dead
 letters written before they had a version and a stream are legacy ones (:func:`common.adopt_legacy`)."""
@@ -71,7 +72,7 @@ _SHARDS_BEFORE_FEEDS: Final = (
 )
 """A file whose shard state was keyed by (dataset, shard) only: its rows become legacy state."""
 _INSERT_DEAD_LETTERS: Final = (
-    f"INSERT INTO thyme_dead_letters ({common.DEAD_LETTER_INSERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+    f"INSERT INTO thyme_dead_letters ({common.DEAD_LETTER_INSERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 _UPSERT_STATE: Final = (
     "INSERT INTO thyme_shards (dataset, version, stream, shard, sequence, sub_sequence, watermark_us, "
