@@ -30,7 +30,6 @@ RUN PYTHON=/opt/thyme/bin/python scripts/setup_kcl.sh \
 COPY pyproject.toml README.md ./
 COPY thyme/ thyme/
 COPY record_processor/ record_processor/
-COPY properties/ properties/
 RUN /opt/thyme/bin/python -m pip install --no-cache-dir ".[postgres]"
 
 # ---- runtime: headless JRE + the venv, non-root --------------------------------------------
@@ -47,14 +46,13 @@ RUN mkdir -p /usr/share/man/man1 \
     && install -d -o 10001 -g 10001 -m 0750 /data
 COPY --from=build /opt/thyme /opt/thyme
 COPY --from=build /src/.kcl/lib /opt/kcl/lib
-COPY --from=build /src/properties/logback.xml /opt/kcl/logback.xml
 ARG APP_DIR=examples
 COPY ${APP_DIR}/ /app/
 ENV PATH=/opt/thyme/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     THYME_KCL_CLASSPATH=/opt/kcl/lib \
-    THYME_KCL_LOGBACK=/opt/kcl/logback.xml \
+    THYME_KCL_AUTO_INSTALL=0 \
     THYME_STORE_URL=sqlite:////data/thyme.db
 WORKDIR /app
 USER 10001:10001

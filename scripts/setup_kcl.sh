@@ -13,9 +13,9 @@
 #         scripts/setup_kcl.sh --check    # exit 0 if up to date, 1 if not; changes nothing
 #
 # Then run the daemon with:
-#   java -Dlogback.configurationFile=properties/logback.xml -cp ".kcl/lib/*" \
+#   java -Dlogback.configurationFile=thyme/kinesis/logback.xml -cp ".kcl/lib/*" \
 #        software.amazon.kinesis.multilang.MultiLangDaemon \
-#        --properties-file <app>.properties --log-configuration properties/logback.xml
+#        --properties-file <app>.properties --log-configuration thyme/kinesis/logback.xml
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -240,7 +240,7 @@ def test_version_names_ours_and_the_daemons(
     (tmp_path / "amazon-kinesis-client-multilang-3.1.3.jar").unlink()
     with pytest.raises(SystemExit):
         main(["--version"])
-    assert f"KCL MultiLangDaemon not found in {tmp_path}" in capsys.readouterr().out
+    assert f"KCL MultiLangDaemon 3.1.3 (pinned; not installed in {tmp_path})" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

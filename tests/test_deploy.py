@@ -108,8 +108,8 @@ def test_the_image_is_built_by_the_scripts_ci_runs() -> None:
     env = dict(re.findall(r"(THYME_\w+)=(\S+)", text))
     assert env[launcher.ENV_CLASSPATH] == "/opt/kcl/lib"
     assert "COPY --from=build /src/.kcl/lib /opt/kcl/lib" in text
-    assert env[launcher.ENV_LOGBACK] == "/opt/kcl/logback.xml"
-    assert "COPY --from=build /src/properties/logback.xml /opt/kcl/logback.xml" in text
+    assert env[launcher.ENV_AUTO_INSTALL] == "0"  # the image never downloads jars at run time
+    assert launcher.ENV_LOGBACK not in env  # the daemon's logging configuration ships in the package
 
 
 # -- IAM -----------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""One log format: the KCL's lines (through the real logback and ``properties/logback.xml``), the
+"""One log format: the KCL's lines (through the real logback and ``thyme/kinesis/logback.xml``), the
 children's and anything else the daemon's stream carries, as Thyme's JSON lines, by level."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from thyme.kinesis.launcher import LaunchError, Plan, RunOptions, Supervisor
 from thyme.kinesis.properties import build_properties
 
 REPO = Path(__file__).resolve().parent.parent
-LOGBACK = REPO / "properties" / "logback.xml"
+LOGBACK = REPO / "thyme" / "kinesis" / "logback.xml"
 KCL_LIB = REPO / ".kcl" / "lib"
 ARN = "arn:aws:kinesis:us-east-1:123456789012:stream/clicks"
 

@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
 
 import msgspec
@@ -256,6 +257,25 @@ def _add_daemon_options(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _cmd_kinesis_install_jars(args: argparse.Namespace) -> int:
+    from thyme.kinesis import jars
+    from thyme.logs import configure
+
+    configure({"component": "thyme.kinesis"})
+    lock = jars.read_lock()
+    folder = args.into or jars.default_folder(lock)
+    if args.verify:
+        problems = jars.verify(folder, lock)
+        for problem in problems:
+            sys.stderr.write(f"thyme: {folder}: {problem}\n")
+        if problems:
+            return 1
+    else:
+        jars.install(folder, lock, args.repository)
+    sys.stdout.write(f"{folder}\n")  # for THYME_KCL_CLASSPATH=$(thyme kinesis install-jars --into DIR)
+    return 0
+
+
 def _cmd_store_migrate(args: argparse.Namespace) -> int:
     from thyme.loader import load_dataset
     from thyme.schema import dataset_schema
@@ -295,7 +315,12 @@ class _Version(argparse.Action):
         except PackageNotFoundError:  # run from a source tree
             ours = __version__
         kcl, folder = kcl_version()
-        daemon = f"KCL MultiLangDaemon {kcl} ({folder})" if kcl else f"KCL MultiLangDaemon not found in {folder}"
+        if kcl:
+            daemon = f"KCL MultiLangDaemon {kcl} ({folder})"
+        else:
+            from thyme.kinesis.jars import read_lock
+
+            daemon = f"KCL MultiLangDaemon {read_lock().kcl_version} (pinned; not installed in {folder})"
         sys.stdout.write(f"thyme-kinesis {ours}; {daemon}; Python {sys.version.split()[0]}\n")
         parser.exit()
 
@@ -422,6 +447,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_options(props)
     _add_daemon_options(props)
     props.set_defaults(handler=_cmd_kinesis_properties)
+    install_jars = kinesis_commands.add_parser(
+        "install-jars",
+        help="fetch the KCL daemon's pinned classpath (no Maven needed)",
+        description="Fetch the jars of the KCL MultiLangDaemon's classpath, as pinned in thyme-kinesis "
+        "(kcl-classpath.lock), from Maven Central or $THYME_MAVEN_REPOSITORY_URL, each checked against its "
+        "sha256; resumes what an interrupted run fetched; prints the folder. `run` does this on first use "
+        "unless THYME_KCL_AUTO_INSTALL=0.",
+    )
+    install_jars.add_argument(
+        "--into",
+        type=Path,
+        default=None,
+        help="the folder (default: the per-user cache, $THYME_KCL_CACHE or ~/.cache/thyme-kinesis/…); "
+        "point THYME_KCL_CLASSPATH at it when it is not the default",
+    )
+    install_jars.add_argument(
+        "--repository", default=None, help="a Maven repository URL ($THYME_MAVEN_REPOSITORY_URL; default Maven Central)"
+    )
+    install_jars.add_argument(
+        "--verify", action="store_true", help="fetch nothing; check every jar's sha256, one line per problem"
+    )
+    install_jars.set_defaults(handler=_cmd_kinesis_install_jars)
     status = kinesis_commands.add_parser(
         "status",
         help="per shard: lease owner, KCL checkpoint, store position, watermark, counters",

@@ -1,7 +1,7 @@
 """One log format for everything ``run`` writes: the daemon's lines made into Thyme's JSON lines.
 
 The launcher reads one stream from the JVM: the KCL's own log lines (logback's ``JsonEncoder``,
-configured in ``properties/logback.xml``), and every line a shard's child writes to stderr,
+configured in ``logback.xml`` beside this module), and every line a shard's child writes to stderr,
 which the daemon echoes as is (the child's JSON lines, EMF lines). :func:`convert` turns a KCL
 line into the fields Thyme's own lines have (``time``, ``level``, ``logger``, ``message``, then
 ``component: "kcl"``, ``shard``, ``thread``, ``error``, ``traceback``), lets a child's JSON line
@@ -17,7 +17,7 @@ import time
 from typing import Any, Final
 
 KCL_LEVEL_ENV: Final = "THYME_KCL_LOG_LEVEL"
-"""The daemon's logback level, read by ``properties/logback.xml`` (``${THYME_KCL_LOG_LEVEL:-WARN}``)."""
+"""The daemon's logback level, read by ``logback.xml`` beside this module (``${THYME_KCL_LOG_LEVEL:-WARN}``)."""
 LEVELS: Final = ("debug", "info", "warning", "error")
 KCL_LEVEL_FOR: Final = {"debug": "INFO", "info": "WARN", "warning": "WARN", "error": "ERROR"}
 """The KCL's level for each Thyme level: its INFO is ~30 lines/s on an idle host (lease

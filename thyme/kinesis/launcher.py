@@ -47,6 +47,7 @@ from thyme.handover import (
     ProcessorConfig,
     is_batch_line,
 )
+from thyme.kinesis import jars
 from thyme.kinesis.aws import AwsError
 from thyme.kinesis.bootstrap import bootstrap_leases
 from thyme.kinesis.kcl_logs import KCL_LEVEL_ENV, KCL_LEVEL_FOR, convert
@@ -169,32 +170,59 @@ def _java() -> str:
     return found
 
 
+ENV_AUTO_INSTALL: Final = "THYME_KCL_AUTO_INSTALL"
+"""``0``: never fetch the pinned jars on first use (air-gapped hosts, images that must not
+download); the daemon's classpath must then be installed or named by ``THYME_KCL_CLASSPATH``."""
+_DAEMON_JAR: Final = "amazon-kinesis-client-multilang-*.jar"
+
+
 def _classpath_folder() -> Path:
+    """``$THYME_KCL_CLASSPATH``; else a developer checkout's ``.kcl/lib`` (Maven's resolution of the
+    same pinned set: ``tests/test_jars.py``); else the per-user cache of the pinned set."""
     configured = os.environ.get(ENV_CLASSPATH)
-    return Path(configured) if configured else REPO_ROOT / ".kcl" / "lib"
+    if configured:
+        return Path(configured)
+    checkout = REPO_ROOT / ".kcl" / "lib"
+    if checkout.is_dir() and any(checkout.glob(_DAEMON_JAR)):
+        return checkout
+    return jars.default_folder(jars.read_lock())
 
 
 def kcl_version() -> tuple[str | None, Path]:
     """The MultiLangDaemon's version in the classpath folder (None: no daemon jar there) and the folder."""
     path = _classpath_folder()
-    jars = sorted(path.glob("amazon-kinesis-client-multilang-*.jar")) if path.is_dir() else []
-    version = jars[-1].name.removeprefix("amazon-kinesis-client-multilang-").removesuffix(".jar") if jars else None
+    found = sorted(path.glob(_DAEMON_JAR)) if path.is_dir() else []
+    version = found[-1].name.removeprefix("amazon-kinesis-client-multilang-").removesuffix(".jar") if found else None
     return version, path
 
 
 def _classpath() -> Path:
+    """The daemon's classpath folder, checked; the pinned set is fetched into the per-user cache
+    on first use unless ``$THYME_KCL_AUTO_INSTALL`` is ``0``."""
     path = _classpath_folder()
-    if not path.is_dir() or not any(path.glob("amazon-kinesis-client-multilang-*.jar")):
+    if os.environ.get(ENV_CLASSPATH) or path == REPO_ROOT / ".kcl" / "lib":
+        if not path.is_dir() or not any(path.glob(_DAEMON_JAR)):
+            raise LaunchError(
+                f"the KCL jars are missing from {path}: run thyme kinesis install-jars --into {path} (the "
+                f"pinned set, checked against its hashes), or set {ENV_CLASSPATH} to a folder holding the "
+                "multilang daemon's classpath."
+            )
+        return path
+    lock = jars.read_lock()
+    if jars.is_complete(path, lock):
+        return path
+    if os.environ.get(ENV_AUTO_INSTALL, "").strip() == "0":
         raise LaunchError(
-            f"the KCL jars are missing from {path}: run scripts/setup_kcl.sh (it resolves them with "
-            f"Maven), or set {ENV_CLASSPATH} to a folder holding the multilang daemon's classpath."
+            f"the KCL jars are not installed in {path}: run thyme kinesis install-jars ({len(lock.jars)} jars, "
+            f"{lock.size / 1e6:.0f} MB from Maven Central or ${jars.ENV_REPOSITORY}), or set {ENV_CLASSPATH} to "
+            "a folder holding them."
         )
-    return path
+    return jars.install(path, lock)
 
 
 def _logback() -> Path:
     configured = os.environ.get(ENV_LOGBACK)
-    path = Path(configured) if configured else REPO_ROOT / "properties" / "logback.xml"
+    path = Path(configured) if configured else Path(__file__).with_name("logback.xml")
     if not path.is_file():
         raise LaunchError(f"the daemon's logging configuration is missing: {path} (set {ENV_LOGBACK})")
     return path
@@ -278,7 +306,9 @@ def plan(
         metrics_namespace=options.metrics_namespace,
     )
     sts = options.sts_endpoint_url or env_endpoint(environ, "sts")
-    return Plan(properties, config, _java(), _classpath(), _logback(), connection, sts)
+    # `properties` only prints: it neither needs nor fetches the jars
+    classpath = _classpath() if open_the_store else _classpath_folder()
+    return Plan(properties, config, _java(), classpath, _logback(), connection, sts)
 
 
 def _write_private(path: Path, text: str) -> None:

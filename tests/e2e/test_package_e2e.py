@@ -1,0 +1,98 @@
+"""Installed as a user installs it: the wheel, a fresh virtualenv, a JRE and nothing else.
+
+Built from this tree, installed with pip (not editable, nothing of the source tree on the path),
+then run against the local stack: the first ``run`` fetches the pinned daemon classpath from
+Maven Central into an empty cache, checks every jar against its hash, consumes, serves a lookup,
+and stops cleanly on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import streams
+
+from tests.e2e.harness import REPO, events, produce, unique, write_app
+from thyme.kinesis import jars
+
+INSTALL_TIMEOUT_S = 900
+
+
+def run(argv: list[str], env: dict[str, str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_the_wheel_in_a_fresh_virtualenv_fetches_its_jars_and_consumes(
+    aws: dict[str, str], kinesis: Any, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "THYME_KCL_CLASSPATH")}
+    built = run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"), str(REPO)],
+        env,
+        tmp_path,
+        INSTALL_TIMEOUT_S,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "dist").glob("thyme_kinesis-*.whl")
+    venv = tmp_path / "venv"
+    assert run([sys.executable, "-m", "venv", str(venv)], env, tmp_path).returncode == 0
+    python, thyme = str(venv / "bin" / "python"), str(venv / "bin" / "thyme")
+    installed = run([python, "-m", "pip", "install", "-q", str(wheel)], env, tmp_path, INSTALL_TIMEOUT_S)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+
+    where = run(
+        [python, "-c", "import thyme, record_processor; print(thyme.__file__); print(record_processor.__file__)"],
+        env,
+        tmp_path,
+    )
+    assert all(line.startswith(str(venv)) for line in where.stdout.split()), where.stdout  # not the source tree
+    cache = tmp_path / "kcl-cache"
+    env |= {"THYME_KCL_CACHE": str(cache), "PATH": f"{venv / 'bin'}:{env['PATH']}"}
+    version = run([thyme, "--version"], env, tmp_path)
+    assert version.stdout.startswith(
+        f"thyme-kinesis 0.1.0; KCL MultiLangDaemon 3.1.3 (pinned; not installed in {cache})"
+    )
+
+    stream = unique("e2e-wheel")
+    arn = streams.create_stream(kinesis, stream, 1)
+    sent = events(0, 20)
+    produce(kinesis, stream, sent)
+    app = write_app(tmp_path, arn)
+    store = f"sqlite:///{tmp_path / 'thyme.db'}"
+    log = tmp_path / "consumer.log"
+    with log.open("wb") as out:
+        consumer = subprocess.Popen(
+            [thyme, "kinesis", "run", f"{app}:Clicks", "--store", store, "--application-name", unique("e2e-wheel")],
+            env=env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        last = sent[-1]
+        deadline = time.monotonic() + 240
+        while True:
+            found = run([thyme, "lookup", f"{app}:Clicks", last["user_id"], "--store", store], env, tmp_path)
+            if found.returncode == 0 and json.loads(found.stdout)["n"] == last["n"]:
+                break
+            assert consumer.poll() is None, log.read_text()[-4000:]
+            assert time.monotonic() < deadline, log.read_text()[-4000:]
+            time.sleep(1)
+        consumer.send_signal(signal.SIGTERM)
+        assert consumer.wait(90) == 0, log.read_text()[-4000:]
+    finally:
+        if consumer.poll() is None:
+            consumer.kill()
+            consumer.wait()
+    lines = [json.loads(line) for line in log.read_text().splitlines()]  # every line one JSON object
+    messages = [line["message"] for line in lines if "message" in line]
+    assert messages[:2] == ["fetching the KCL classpath", "KCL classpath ready"]
+    assert "shard handed over after a requested shutdown" in messages
+    assert jars.verify(cache, jars.read_lock()) == []
