@@ -276,6 +276,17 @@ def _cmd_kinesis_install_jars(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from thyme.kinesis.doctor import diagnose
+    from thyme.loader import load_dataset
+
+    klass = load_dataset(args.dataset) if args.dataset else None
+    findings = diagnose(klass, _run_options(args))
+    for finding in findings:
+        sys.stdout.write(finding.line() + "\n")
+    return 0 if all(f.ok for f in findings) else 1
+
+
 def _cmd_store_migrate(args: argparse.Namespace) -> int:
     from thyme.loader import load_dataset
     from thyme.schema import dataset_schema
@@ -346,6 +357,20 @@ def build_parser() -> argparse.ArgumentParser:
     lookup.add_argument("--store", default=None, help="store URL (default: $THYME_STORE_URL or sqlite:///thyme.db)")
     lookup.set_defaults(handler=_cmd_lookup)
 
+    doctor = commands.add_parser(
+        "doctor",
+        help="check that this host can run a consumer: Java, the KCL jars, the store, AWS",
+        description="Check, creating and starting nothing: Java (11 or newer), the KCL daemon's classpath (the "
+        "pinned jars and their hashes), the daemon's logging configuration, the store (reachable, tables "
+        "current) and, given MODULE:DATASET, what `run` checks before it starts (credentials, the stream, "
+        "the lease table). One line per check; exit status 1 if any fails.",
+    )
+    doctor.add_argument("dataset", metavar="MODULE:DATASET", nargs="?", default=None, help=_DATASET_HELP)
+    doctor.add_argument("--store", default=None, help="store URL (default: $THYME_STORE_URL or sqlite:///thyme.db)")
+    doctor.add_argument("--application-name", default=None, help="KCL application and lease table name")
+    doctor.add_argument("--dynamodb-endpoint-url", default=None, help="($THYME_DYNAMODB_ENDPOINT_URL)")
+    doctor.add_argument("--sts-endpoint-url", default=None, help="($THYME_STS_ENDPOINT_URL)")
+    doctor.set_defaults(handler=_cmd_doctor)
     store = commands.add_parser(
         "store", help="manage the store", description="Create or upgrade the store's tables ahead of the consumers."
     )

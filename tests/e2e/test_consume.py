@@ -204,8 +204,9 @@ def test_bad_configuration_fails_fast_with_one_line(aws: dict[str, str], tmp_pat
                 "E2E_UNSET_ROLE": "arn:aws:iam::123456789012:role/r",
                 "THYME_KCL_CLASSPATH": str(tmp_path / "nothing"),
             },
-            f"thyme: error: the KCL jars are missing from {tmp_path / 'nothing'}: run scripts/setup_kcl.sh (it "
-            "resolves them with Maven), or set THYME_KCL_CLASSPATH to a folder holding the multilang daemon's classpath.",
+            f"thyme: error: the KCL jars are missing from {tmp_path / 'nothing'}: run thyme kinesis install-jars "
+            f"--into {tmp_path / 'nothing'} (the pinned set, checked against its hashes), or set THYME_KCL_CLASSPATH "
+            "to a folder holding the multilang daemon's classpath.",
         ),
         "no java": (
             ["kinesis", "run", f"{app}:Clicks"],

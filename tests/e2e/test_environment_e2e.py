@@ -47,6 +47,38 @@ def test_a_stream_that_does_not_exist_stops_run_and_status_in_seconds(
         assert time.monotonic() - started < 20
 
 
+def test_doctor_says_what_run_would_stop_on_and_then_that_all_is_ready(
+    kinesis: Any, aws: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**os.environ, **aws}
+    name = unique("e2e-doctor")
+    real = streams.create_stream(kinesis, unique("e2e-env"), 1)
+    arn = real.rsplit("/", 1)[0] + "/" + name
+    app = write_app(tmp_path, arn)
+    store = f"sqlite:///{tmp_path / 'thyme.db'}"
+    done = run_cli("doctor", f"{app}:Clicks", "--store", store, env=env, cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "ok    java",
+        "ok    classpath",
+        "ok    daemon logging",
+        "ok    store",
+        "FAIL  aws",
+    ]
+    assert lines[-1] == (
+        f"FAIL  aws: stream {name} (account {arn.split(':')[4]}, region {arn.split(':')[3]}) does not exist. "
+        "Check the dataset's stream_arn (and the account and region it names), or create the stream."
+    )
+    streams.create_stream(kinesis, name, 1)
+    done = run_cli("doctor", f"{app}:Clicks", "--store", store, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1].startswith(
+        f"ok    aws: credentials found; the consumer's own identity can read stream {name}"
+    )
+    assert not (tmp_path / "thyme.db").exists()  # it created nothing
+
+
 def test_status_of_a_store_that_does_not_exist(kinesis: Any, aws: dict[str, str], tmp_path: Path) -> None:
     arn = streams.create_stream(kinesis, unique("e2e-env"), 1)
     app = write_app(tmp_path, arn)

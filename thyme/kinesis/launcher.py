@@ -156,7 +156,7 @@ class Plan:
         ]
 
 
-def _java() -> str:
+def find_java() -> str:
     home = os.environ.get("JAVA_HOME")
     candidate = Path(home, "bin", "java") if home else None
     if candidate is not None and os.access(candidate, os.X_OK):
@@ -176,7 +176,7 @@ download); the daemon's classpath must then be installed or named by ``THYME_KCL
 _DAEMON_JAR: Final = "amazon-kinesis-client-multilang-*.jar"
 
 
-def _classpath_folder() -> Path:
+def classpath_folder() -> Path:
     """``$THYME_KCL_CLASSPATH``; else a developer checkout's ``.kcl/lib`` (Maven's resolution of the
     same pinned set: ``tests/test_jars.py``); else the per-user cache of the pinned set."""
     configured = os.environ.get(ENV_CLASSPATH)
@@ -190,7 +190,7 @@ def _classpath_folder() -> Path:
 
 def kcl_version() -> tuple[str | None, Path]:
     """The MultiLangDaemon's version in the classpath folder (None: no daemon jar there) and the folder."""
-    path = _classpath_folder()
+    path = classpath_folder()
     found = sorted(path.glob(_DAEMON_JAR)) if path.is_dir() else []
     version = found[-1].name.removeprefix("amazon-kinesis-client-multilang-").removesuffix(".jar") if found else None
     return version, path
@@ -199,7 +199,7 @@ def kcl_version() -> tuple[str | None, Path]:
 def _classpath() -> Path:
     """The daemon's classpath folder, checked; the pinned set is fetched into the per-user cache
     on first use unless ``$THYME_KCL_AUTO_INSTALL`` is ``0``."""
-    path = _classpath_folder()
+    path = classpath_folder()
     if os.environ.get(ENV_CLASSPATH) or path == REPO_ROOT / ".kcl" / "lib":
         if not path.is_dir() or not any(path.glob(_DAEMON_JAR)):
             raise LaunchError(
@@ -220,7 +220,7 @@ def _classpath() -> Path:
     return jars.install(path, lock)
 
 
-def _logback() -> Path:
+def logback_file() -> Path:
     configured = os.environ.get(ENV_LOGBACK)
     path = Path(configured) if configured else Path(__file__).with_name("logback.xml")
     if not path.is_file():
@@ -307,8 +307,8 @@ def plan(
     )
     sts = options.sts_endpoint_url or env_endpoint(environ, "sts")
     # `properties` only prints: it neither needs nor fetches the jars
-    classpath = _classpath() if open_the_store else _classpath_folder()
-    return Plan(properties, config, _java(), classpath, _logback(), connection, sts)
+    classpath = _classpath() if open_the_store else classpath_folder()
+    return Plan(properties, config, find_java(), classpath, logback_file(), connection, sts)
 
 
 def _write_private(path: Path, text: str) -> None:
