@@ -218,7 +218,7 @@ class ShardWorker:
                     if isinstance(result, str):
                         reason = result
                         if reason in (LATE, FUTURE_TIMESTAMP):  # rare: say by how much, for the operator
-                            detail = self.rules.explain(record.data, now_ms if arrival is None else arrival, watermark)
+                            detail = self.rules.facts(reason, now_ms if arrival is None else arrival, watermark)
                     else:
                         rows.append(result)
                         if watermark is None or result[1] > watermark:

@@ -27,6 +27,8 @@ FIX = (
     '(1796325000), or a duration back from now ("10m", "2h", "1d").'
 )
 
+LATE_FACTS = '{"event_time_us":1796324400000000,"watermark_us":1796325000000000,"max_lateness_us":300000000}'
+
 APP = """\
 from datetime import datetime
 
@@ -110,7 +112,7 @@ def _reading_store(tmp_path: Path) -> tuple[str, str]:
             1796325000123,
         ),
         DeadLetter(
-            "shardId-0", "4", 0, "d4", b'{"device":"d4","timestamp":1}', "late", 1796325000123, detail="9m behind"
+            "shardId-0", "4", 0, "d4", b'{"device":"d4","timestamp":1}', "late", 1796325000123, detail=LATE_FACTS
         ),
     ]
     assert db.apply(feed_of(schema), Batch("shardId-0", ShardState(Position(4)), rows, letters), None) is None
@@ -159,7 +161,11 @@ def test_dead_letters_print_iso_times_beside_the_raw_numbers(
     code, letters, _ = _listed(capsys, target, "--store", url, "--reason", "late")
     assert code == 0
     (late,) = letters
-    assert (late["reason"], late["detail"]) == ("late", "9m behind")
+    assert (late["reason"], late["detail"]) == (
+        "late",
+        "event time 2026-12-03T19:00:00.000Z is 10m behind the shard's watermark 2026-12-03T19:10:00.000Z; "
+        "max_lateness is 5m",
+    )
     assert late["arrived_at"] == "2026-12-03T19:10:00.123Z"
     assert late["arrival_ms"] == 1796325000123
     assert late["recorded_at"] == parse_time(late["recorded_at_us"], "x").isoformat(timespec="milliseconds").replace(

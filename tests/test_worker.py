@@ -13,6 +13,7 @@ from record_processor.envelope import InputRecord, from_base64
 from record_processor.worker import BatchFailedError, RetryPolicy, ShardWorker
 from tests.factories import ClickEvent, b64, feed_of, schema_of, seq
 from thyme.errors import StoreUnavailableError
+from thyme.records import describe
 from thyme.records.lateness import LatenessPolicy
 from thyme.serving import lookup
 from thyme.store import Batch, Conflict, Position, ShardState, Store
@@ -69,11 +70,17 @@ def test_batch_applies_rows_dead_letters_and_state(store: Store) -> None:
     assert letters["invalid_base64"].raw == b"!!"
     assert json.loads(letters["late"].raw)["page"] == "/late"
     # the numbers behind late and future_timestamp, kept beside the reason (which stays the class)
-    assert letters["late"].detail == (
+    late_us, watermark_us = (int((T0 + timedelta(minutes=m)).timestamp() * 1_000_000) for m in (1, 10))
+    assert json.loads(letters["late"].detail or "") == {
+        "event_time_us": late_us,
+        "watermark_us": watermark_us,
+        "max_lateness_us": 300_000_000,
+    }
+    assert describe(letters["late"].detail) == (
         "event time 2024-05-01T12:01:00.000Z is 9m behind the shard's watermark 2024-05-01T12:10:00.000Z; "
         "max_lateness is 5m"
     )
-    assert letters["future_timestamp"].detail == (
+    assert describe(letters["future_timestamp"].detail) == (
         "event time 2024-05-01T15:20:00.000Z is 2h20m after the record's arrival 2024-05-01T13:00:00.000Z; "
         "max_future_skew is 1h"
     )

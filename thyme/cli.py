@@ -136,6 +136,7 @@ def _dead_letter_query(args: argparse.Namespace, include_redriven: bool = False)
 
 def _cmd_kinesis_dead_letters(args: argparse.Namespace) -> int:
     from thyme.loader import load_dataset
+    from thyme.records import describe
     from thyme.schema import dataset_schema
     from thyme.store import open_store
     from thyme.times import iso_from_ms, iso_from_us
@@ -158,7 +159,7 @@ def _cmd_kinesis_dead_letters(args: argparse.Namespace) -> int:
             "sub_sequence": letter.sub_sequence,
             "partition_key": letter.partition_key,
             "reason": letter.reason,
-            "detail": letter.detail,
+            "detail": describe(letter.detail),
             # times in ISO-8601 UTC to read, and the raw numbers (unit in the name) to compute with
             "arrived_at": iso_from_ms(letter.arrival_ms),
             "recorded_at": iso_from_us(letter.recorded_at_us),

@@ -15,7 +15,7 @@ from thyme.records.decode import (
     Accepted,
     RecordDecoder,
 )
-from thyme.records.lateness import FUTURE_TIMESTAMP, LATE, LatenessPolicy
+from thyme.records.lateness import FUTURE_TIMESTAMP, LATE, LatenessPolicy, describe
 from thyme.records.rules import RecordRules
 
 __all__ = [
@@ -30,4 +30,5 @@ __all__ = [
     "LatenessPolicy",
     "RecordDecoder",
     "RecordRules",
+    "describe",
 ]

@@ -15,7 +15,7 @@ class RecordRules:
     Re-drive passes a policy without ``max_lateness``: a watermark belongs to a position in a
     shard, which a dead letter no longer has."""
 
-    __slots__ = ("_decode", "_judge", "decoder", "lateness", "schema")
+    __slots__ = ("_decode", "_judge", "decoder", "lateness", "rejected_us", "schema")
 
     def __init__(self, schema: DatasetSchema, lateness: LatenessPolicy) -> None:
         self.schema = schema
@@ -23,6 +23,7 @@ class RecordRules:
         self.lateness = lateness
         self._decode = self.decoder.decode
         self._judge = self.lateness.judge
+        self.rejected_us = 0
 
     def judge(self, raw: bytes, arrival_ms: int, watermark_us: int | None) -> Accepted | str:
         """The row ``(key, event time µs, row JSON)`` if the record is accepted, else the reason it
@@ -32,11 +33,12 @@ class RecordRules:
         if isinstance(result, str):
             return result
         late = self._judge(result[1], arrival_ms, watermark_us)
-        return result if late is None else late
+        if late is None:
+            return result
+        self.rejected_us = result[1]  # for facts(): the event time of the record just rejected
+        return late
 
-    def explain(self, raw: bytes, arrival_ms: int, watermark_us: int | None) -> str | None:
-        """The numbers behind a ``late`` or ``future_timestamp`` verdict on ``raw`` (the event time,
-        the watermark or arrival, the bound), or None for any other verdict. Decodes again: for
-        rejected records only, never on the hot path."""
-        result = self._decode(raw)
-        return None if isinstance(result, str) else self.lateness.explain(result[1], arrival_ms, watermark_us)
+    def facts(self, reason: str, arrival_ms: int, watermark_us: int | None) -> str | None:
+        """The numbers behind the ``late`` or ``future_timestamp`` verdict :meth:`judge` just gave
+        (the event time, the watermark or arrival, the bound: ``LatenessPolicy.facts``), or None."""
+        return self.lateness.facts(reason, self.rejected_us, arrival_ms, watermark_us)

@@ -95,8 +95,9 @@ class DeadLetter:
     stream: str = ""
     """The stream it was read from (filled in when read back; written from the batch's feed)."""
     detail: str | None = None
-    """The numbers behind a ``late`` or ``future_timestamp`` reason: the event time, the watermark
-    or the arrival time, and the bound (the reason stays the class, so it counts and filters)."""
+    """The numbers behind a ``late`` or ``future_timestamp`` reason, as a small JSON object (the
+    event time, the watermark or the arrival time, the bound; ``thyme.records.describe`` words
+    it). The reason stays the class, so it counts and filters as before."""
 
 
 @dataclass(frozen=True)
