@@ -5,32 +5,25 @@
 #   docker build --build-arg APP_DIR=myapp -t my-consumer . # your own dataset module(s)
 #   docker run --rm -e MY_KINESIS_STREAM_ARN=... thyme-kinesis /app/app.py:ClickEvent
 #
-# The build runs the same scripts as CI (.ci/run -> scripts/test -> scripts/setup.sh):
-# scripts/setup_kcl.sh resolves the daemon's classpath with Maven (pom.xml) and installs
-# amazon-kclpy; pip installs this package. No credentials are baked in: at run time the
+# The build installs the way a pip user does, the path CI proves on every change
+# (tests/e2e/test_package_e2e.py): pip installs this package, then `thyme kinesis install-jars`
+# fetches the daemon's pinned classpath (kcl-classpath.lock, every jar checked against its
+# sha256) into /opt/kcl/lib. No Maven, no JDK. No credentials are baked in: at run time the
 # AWS SDKs use the task role (ECS), IRSA or Pod Identity (EKS). See docs/deploy.md.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# ---- build: the KCL classpath (Maven) and the Python environment --------------------------
+# ---- build: the Python environment and the KCL classpath ----------------------------------
 FROM ${PYTHON_IMAGE} AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# Debian's packages follow the pinned base image's release (security updates welcome).
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends openjdk-17-jdk-headless maven \
-    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 RUN python -m venv /opt/thyme
-COPY pom.xml ./
-COPY scripts/setup_kcl.sh scripts/
-# .kcl/lib (the daemon's classpath) and amazon-kclpy in /opt/thyme; the same script CI runs.
-RUN PYTHON=/opt/thyme/bin/python scripts/setup_kcl.sh \
-    && PYTHON=/opt/thyme/bin/python scripts/setup_kcl.sh --check
 COPY pyproject.toml README.md ./
 COPY thyme/ thyme/
 COPY record_processor/ record_processor/
-RUN /opt/thyme/bin/python -m pip install --no-cache-dir ".[postgres]"
+RUN /opt/thyme/bin/python -m pip install --no-cache-dir ".[postgres]" \
+    && /opt/thyme/bin/thyme kinesis install-jars --into /opt/kcl/lib \
+    && /opt/thyme/bin/thyme kinesis install-jars --into /opt/kcl/lib --verify
 
 # ---- runtime: headless JRE + the venv, non-root --------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
@@ -45,7 +38,7 @@ RUN mkdir -p /usr/share/man/man1 \
         --shell /usr/sbin/nologin thyme \
     && install -d -o 10001 -g 10001 -m 0750 /data
 COPY --from=build /opt/thyme /opt/thyme
-COPY --from=build /src/.kcl/lib /opt/kcl/lib
+COPY --from=build /opt/kcl/lib /opt/kcl/lib
 ARG APP_DIR=examples
 COPY ${APP_DIR}/ /app/
 ENV PATH=/opt/thyme/bin:$PATH \

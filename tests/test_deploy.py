@@ -77,7 +77,7 @@ def test_hadolint_rejects_a_bad_dockerfile(tmp_path: Path) -> None:
     [
         (lambda t: t.replace("USER 10001:10001\n", ""), "non-root USER"),
         (lambda t: t.replace('"/usr/bin/tini", "--"', '"/usr/bin/tini", "-g", "--"'), "ENTRYPOINT must be"),
-        (lambda t: t.replace("scripts/setup_kcl.sh \\", "mvn dependency:copy-dependencies \\"), "setup_kcl.sh"),
+        (lambda t: t.replace("install-jars --into", "mvn-resolve --into"), "thyme kinesis install-jars"),
         (lambda t: t + "ENV AWS_SECRET_ACCESS_KEY=abc\n", "looks like a credential"),
         (lambda t: t + "ENV THYME_STORE_URL=postgresql://u:pw@db/thyme\n", "URL with a password"),
     ],
@@ -88,13 +88,15 @@ def test_the_dockerfile_contract_rejects(change: Any, expected: str) -> None:
     assert expected in " ".join(vd.dockerfile_contract(change(text)))
 
 
-def test_the_image_is_built_by_the_scripts_ci_runs() -> None:
-    """No Docker engine here: CI proves the image's build steps by running the same scripts."""
+def test_the_image_is_built_by_the_steps_ci_runs() -> None:
+    """No Docker engine here: CI proves the image's build steps (pip install, then install-jars)
+    in the package test, which the test command runs."""
     assert "scripts/test" in (REPO / ".ci" / "run").read_text()
-    assert "scripts/setup.sh" in (REPO / "scripts" / "test").read_text()
-    setup = (REPO / "scripts" / "setup.sh").read_text()
-    assert "scripts/setup_kcl.sh" in setup and "pip install" in setup
+    package_test = (REPO / "tests" / "e2e" / "test_package_e2e.py").read_text()
+    for step in ('"pip", "install"', '"install-jars", "--into"', '"--verify"', '"THYME_KCL_AUTO_INSTALL": "0"'):
+        assert step in package_test
     text = vd.DOCKERFILE.read_text()
+    assert 'pip install --no-cache-dir ".[postgres]"' in text and "thyme kinesis install-jars --into" in text
     ignored = {line.strip().rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines()}
     for source in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.MULTILINE):
         for item in source.split():
@@ -107,7 +109,7 @@ def test_the_image_is_built_by_the_scripts_ci_runs() -> None:
 
     env = dict(re.findall(r"(THYME_\w+)=(\S+)", text))
     assert env[launcher.ENV_CLASSPATH] == "/opt/kcl/lib"
-    assert "COPY --from=build /src/.kcl/lib /opt/kcl/lib" in text
+    assert "COPY --from=build /opt/kcl/lib /opt/kcl/lib" in text
     assert env[launcher.ENV_AUTO_INSTALL] == "0"  # the image never downloads jars at run time
     assert launcher.ENV_LOGBACK not in env  # the daemon's logging configuration ships in the package
 

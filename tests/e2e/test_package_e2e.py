@@ -1,9 +1,12 @@
-"""Installed as a user installs it: the wheel, a fresh virtualenv, a JRE and nothing else.
+"""Installed as a user installs it, and as the image is built: the wheel, a fresh virtualenv, a
+JRE and nothing else.
 
-Built from this tree, installed with pip (not editable, nothing of the source tree on the path),
-then run against the local stack: the first ``run`` fetches the pinned daemon classpath from
-Maven Central into an empty cache, checks every jar against its hash, consumes, serves a lookup,
-and stops cleanly on SIGTERM.
+Built from this tree, installed with pip (not editable, nothing of the source tree on the path);
+``thyme kinesis install-jars --into DIR`` fetches the pinned daemon classpath from Maven Central
+and ``--verify`` checks it, as the Dockerfile's build stage does; then, with the image's
+``THYME_KCL_CLASSPATH=DIR`` and ``THYME_KCL_AUTO_INSTALL=0``, a consumer runs against the local
+stack, serves a lookup and stops cleanly on SIGTERM. (The fetch on a first ``run`` without
+install-jars: ``tests/test_jars.py``, over real HTTP.)
 """
 
 from __future__ import annotations
@@ -53,12 +56,22 @@ def test_the_wheel_in_a_fresh_virtualenv_fetches_its_jars_and_consumes(
         tmp_path,
     )
     assert all(line.startswith(str(venv)) for line in where.stdout.split()), where.stdout  # not the source tree
-    cache = tmp_path / "kcl-cache"
+    cache = tmp_path / "empty-cache"
     env |= {"THYME_KCL_CACHE": str(cache), "PATH": f"{venv / 'bin'}:{env['PATH']}"}
     version = run([thyme, "--version"], env, tmp_path)
     assert version.stdout.startswith(
         f"thyme-kinesis 0.1.0; KCL MultiLangDaemon 3.1.3 (pinned; not installed in {cache})"
     )
+    kcl = tmp_path / "opt-kcl-lib"
+    fetched = run([thyme, "kinesis", "install-jars", "--into", str(kcl)], env, tmp_path, INSTALL_TIMEOUT_S)
+    assert (fetched.returncode, fetched.stdout) == (0, f"{kcl}\n"), fetched.stderr[-3000:]
+    assert [json.loads(line)["message"] for line in fetched.stderr.splitlines()] == [
+        "fetching the KCL classpath",
+        "KCL classpath ready",
+    ]
+    verified = run([thyme, "kinesis", "install-jars", "--into", str(kcl), "--verify"], env, tmp_path)
+    assert (verified.returncode, verified.stderr) == (0, "")
+    env |= {"THYME_KCL_CLASSPATH": str(kcl), "THYME_KCL_AUTO_INSTALL": "0"}  # as the image runs
 
     stream = unique("e2e-wheel")
     arn = streams.create_stream(kinesis, stream, 1)
@@ -93,6 +106,7 @@ def test_the_wheel_in_a_fresh_virtualenv_fetches_its_jars_and_consumes(
             consumer.wait()
     lines = [json.loads(line) for line in log.read_text().splitlines()]  # every line one JSON object
     messages = [line["message"] for line in lines if "message" in line]
-    assert messages[:2] == ["fetching the KCL classpath", "KCL classpath ready"]
+    assert "fetching the KCL classpath" not in messages  # nothing downloaded at run time
     assert "shard handed over after a requested shutdown" in messages
-    assert jars.verify(cache, jars.read_lock()) == []
+    assert jars.verify(kcl, jars.read_lock()) == []
+    assert not cache.exists()
