@@ -1,7 +1,7 @@
 """Installed as a user installs it, and as the image is built: the wheel, a fresh virtualenv, a
 JRE and nothing else.
 
-Built from this tree, installed with pip (not editable, nothing of the source tree on the path);
+Built from this tree with ``python -m build`` (the sdist, then the wheel from it), installed with pip (not editable, nothing of the source tree on the path);
 ``thyme kinesis install-jars --into DIR`` fetches the pinned daemon classpath from Maven Central
 and ``--verify`` checks it, as the Dockerfile's build stage does; then, with the image's
 ``THYME_KCL_CLASSPATH=DIR`` and ``THYME_KCL_AUTO_INSTALL=0``, a consumer runs against the local
@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,14 +37,20 @@ def test_the_wheel_in_a_fresh_virtualenv_fetches_its_jars_and_consumes(
     aws: dict[str, str], kinesis: Any, tmp_path: Path
 ) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "THYME_KCL_CLASSPATH")}
+    # the sdist, then the wheel from the sdist: both must carry everything the launcher needs
     built = run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"), str(REPO)],
+        [sys.executable, "-m", "build", "--outdir", str(tmp_path / "dist"), str(REPO)],
         env,
         tmp_path,
         INSTALL_TIMEOUT_S,
     )
     assert built.returncode == 0, built.stderr
     (wheel,) = (tmp_path / "dist").glob("thyme_kinesis-*.whl")
+    (sdist,) = (tmp_path / "dist").glob("thyme_kinesis-*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        names = archive.getnames()
+    for needed in ("thyme/kinesis/kcl-classpath.lock", "thyme/kinesis/logback.xml", "record_processor/py.typed"):
+        assert f"{sdist.name.removesuffix('.tar.gz')}/{needed}" in names
     venv = tmp_path / "venv"
     assert run([sys.executable, "-m", "venv", str(venv)], env, tmp_path).returncode == 0
     python, thyme = str(venv / "bin" / "python"), str(venv / "bin" / "thyme")
