@@ -168,16 +168,14 @@ def check_stream(connection: KinesisConnection, client: Any) -> str:
     where = stream_label(connection)
     try:
         summary = client.describe_stream_summary(StreamARN=connection.stream_arn)["StreamDescriptionSummary"]
-    except botocore.exceptions.ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+        if isinstance(exc, botocore.exceptions.ClientError) and (
+            exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException"
+        ):
             raise AwsError(
                 f"{where} does not exist. Check the dataset's stream_arn (and the account and region it "
                 "names), or create the stream."
             ) from None
-        raise explain(
-            exc, connection.kinesis_identity, "kinesis:DescribeStreamSummary", where, connection.endpoint_url
-        ) from None
-    except botocore.exceptions.BotoCoreError as exc:
         raise explain(
             exc, connection.kinesis_identity, "kinesis:DescribeStreamSummary", where, connection.endpoint_url
         ) from None

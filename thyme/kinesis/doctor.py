@@ -105,18 +105,15 @@ def logging_configuration() -> Finding:
 
 
 def store(url: str | None) -> Finding:
-    from thyme.store import open_store, redact_url, store_url
+    from thyme.store import open_store, redact_url, sqlite_file, store_url
 
     resolved = store_url(url)
     shown = redact_url(resolved)
-    if resolved.startswith("sqlite:"):
-        path = Path(resolved.split("?", 1)[0].removeprefix("sqlite:///"))
-        if not path.exists():
-            if path.parent.is_dir():
-                return Finding("store", True, f"{shown} does not exist yet: the first run creates it")
-            return Finding(
-                "store", False, f"{shown}: the folder {path.parent} does not exist; create it or fix the URL"
-            )
+    path = sqlite_file(resolved)
+    if path is not None and not path.exists():
+        if path.parent.is_dir():
+            return Finding("store", True, f"{shown} does not exist yet: the first run creates it")
+        return Finding("store", False, f"{shown}: the folder {path.parent} does not exist; create it or fix the URL")
     try:
         open_store(resolved, create=False).close()
     except ThymeError as exc:

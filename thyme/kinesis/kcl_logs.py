@@ -16,6 +16,8 @@ import re
 import time
 from typing import Any, Final
 
+from thyme.logs import log_time
+
 KCL_LEVEL_ENV: Final = "THYME_KCL_LOG_LEVEL"
 """The daemon's logback level, read by ``logback.xml`` beside this module (``${THYME_KCL_LOG_LEVEL:-WARN}``)."""
 LEVELS: Final = ("debug", "info", "warning", "error")
@@ -71,7 +73,7 @@ def convert(line: str, context: dict[str, Any], now: float | None = None) -> Con
                 summary += f": {entry['error']}"
             return Converted(stripped + "\n", summary, level if isinstance(level, str) else None)
     level = "error" if _ERROR_TEXT.search(stripped) else "warning"
-    entry = {"time": _iso(now if now is not None else time.time()), "level": level, "logger": "stderr"}
+    entry = {"time": log_time(now if now is not None else time.time()), "level": level, "logger": "stderr"}
     entry |= {"message": stripped, "component": "kcl", **context}
     return Converted(json.dumps(entry) + "\n", stripped, level)
 
@@ -82,7 +84,7 @@ def _from_kcl(event: dict[str, Any], context: dict[str, Any]) -> Converted:
     message = _format(str(event.get("message", "")), event.get("arguments") or [])
     timestamp = event.get("timestamp")
     entry: dict[str, Any] = {
-        "time": _iso(timestamp / 1000 if isinstance(timestamp, int | float) else time.time()),
+        "time": log_time(timestamp / 1000 if isinstance(timestamp, int | float) else time.time()),
         "level": level,
         "logger": logger,
         "message": message,
@@ -142,8 +144,3 @@ def _traceback(throwable: dict[str, Any]) -> str:
         current = current.get("cause")
         prefix = "Caused by: "
     return "\n".join(lines)
-
-
-def _iso(seconds: float) -> str:
-    whole = int(seconds)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{int((seconds - whole) * 1000):03d}Z"

@@ -183,15 +183,19 @@ def classpath_folder() -> Path:
     if configured:
         return Path(configured)
     checkout = REPO_ROOT / ".kcl" / "lib"
-    if checkout.is_dir() and any(checkout.glob(_DAEMON_JAR)):
+    if _has_daemon(checkout):
         return checkout
     return jars.default_folder(jars.read_lock())
+
+
+def _has_daemon(folder: Path) -> bool:
+    return any(folder.glob(_DAEMON_JAR))  # an empty iterator for a folder that does not exist
 
 
 def kcl_version() -> tuple[str | None, Path]:
     """The MultiLangDaemon's version in the classpath folder (None: no daemon jar there) and the folder."""
     path = classpath_folder()
-    found = sorted(path.glob(_DAEMON_JAR)) if path.is_dir() else []
+    found = sorted(path.glob(_DAEMON_JAR))
     version = found[-1].name.removeprefix("amazon-kinesis-client-multilang-").removesuffix(".jar") if found else None
     return version, path
 
@@ -201,7 +205,7 @@ def _classpath() -> Path:
     on first use unless ``$THYME_KCL_AUTO_INSTALL`` is ``0``."""
     path = classpath_folder()
     if os.environ.get(ENV_CLASSPATH) or path == REPO_ROOT / ".kcl" / "lib":
-        if not path.is_dir() or not any(path.glob(_DAEMON_JAR)):
+        if not _has_daemon(path):
             raise LaunchError(
                 f"the KCL jars are missing from {path}: run thyme kinesis install-jars --into {path} (the "
                 f"pinned set, checked against its hashes), or set {ENV_CLASSPATH} to a folder holding the "
@@ -276,6 +280,7 @@ def plan(
         except StoreUnavailableError as exc:
             raise LaunchError(f"the store is not usable: {exc}") from exc
     python = sys.executable
+    sts = options.sts_endpoint_url or env_endpoint(environ, "sts")
     properties = build_properties(
         connection,
         dataset=schema.name,
@@ -284,7 +289,7 @@ def plan(
         application_name=options.application_name,
         worker_id=options.worker_id,
         dynamodb_endpoint_url=options.dynamodb_endpoint_url or env_endpoint(environ, "dynamodb"),
-        sts_endpoint_url=options.sts_endpoint_url or env_endpoint(environ, "sts"),
+        sts_endpoint_url=sts,
         profile=options.profile,
         idle_time_between_reads_ms=options.idle_time_between_reads_ms,
         shutdown_grace_ms=options.shutdown_grace_ms,
@@ -305,7 +310,6 @@ def plan(
         or ("off" if (options.profile or (connection.endpoint_url and "local")) == "local" else "emf"),
         metrics_namespace=options.metrics_namespace,
     )
-    sts = options.sts_endpoint_url or env_endpoint(environ, "sts")
     # `properties` only prints: it neither needs nor fetches the jars
     classpath = _classpath() if open_the_store else classpath_folder()
     return Plan(properties, config, find_java(), classpath, logback_file(), connection, sts)

@@ -27,7 +27,9 @@ from thyme.kinesis.aws import (
     AwsError,
     calling,
     check_stream,
+    client_config,
     own_credentials,
+    session_name,
     source_kinesis,
     stream_label,
 )
@@ -49,16 +51,12 @@ class Target:
 
     @property
     def session(self) -> str:
-        from thyme.kinesis.aws import session_name
-
         return session_name(self.properties.application_name)
 
 
 def check_environment(target: Target) -> None:
     """Raise :class:`AwsError` (one line) for the first thing the daemon could not get past."""
     import boto3
-
-    from thyme.kinesis.aws import client_config
 
     connection, properties = target.connection, target.properties
     own_credentials()
@@ -84,9 +82,7 @@ def check_environment(target: Target) -> None:
         with contextlib.suppress(dynamodb.exceptions.ResourceNotFoundException):  # KCL (or the bootstrap) creates it
             dynamodb.describe_table(TableName=properties.table_name)
 
-    calling(
-        "the consumer's own identity", "dynamodb:DescribeTable", table, properties.dynamodb_endpoint, describe_table
-    )
+    calling("the consumer's own identity", "dynamodb:DescribeTable", table, endpoint, describe_table)
 
 
 class StreamWatch:

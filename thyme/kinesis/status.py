@@ -12,7 +12,6 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from thyme.connectors.source import source_spec
@@ -23,6 +22,7 @@ from thyme.kinesis.properties import default_application_name
 from thyme.schema import dataset_schema
 from thyme.store import Feed, open_store
 from thyme.store.common import total_by_reason
+from thyme.times import iso_from_us
 
 
 @dataclass(frozen=True)
@@ -57,12 +57,6 @@ class ShardStatus:
 OWNER_GONE_AFTER_S = 60
 """Two of KCL's default worker-metrics report periods (30 s): after this KCL too counts a worker's
 metrics as stale and stops assigning it leases."""
-
-
-def _iso_us(us: int | None) -> str | None:
-    if us is None:
-        return None
-    return datetime.fromtimestamp(us / 1_000_000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def read_leases(table: str, region: str, endpoint_url: str | None) -> dict[str, dict[str, Any]]:
@@ -150,14 +144,14 @@ def status(
                 lease_counter=lease.get("counter"),
                 kcl_checkpoint=checkpoint,
                 store_position=None if stored is None or stored.state.position is None else str(stored.state.position),
-                watermark=None if stored is None else _iso_us(stored.state.watermark_us),
+                watermark=None if stored is None else iso_from_us(stored.state.watermark_us),
                 ended=bool(stored and stored.state.ended),
                 applied=0 if stored is None else stored.applied,
                 dead_lettered=0 if stored is None else stored.dead_lettered,
                 dead_letters_by_reason=by_shard.get(shard, {}),
                 millis_behind_latest=None if stored is None else stored.millis_behind_latest,
-                last_batch_at=None if stored is None else _iso_us(stored.updated_at_us),
-                owner_last_seen=None if seen is None else _iso_us(seen * 1_000_000),
+                last_batch_at=None if stored is None else iso_from_us(stored.updated_at_us),
+                owner_last_seen=None if seen is None else iso_from_us(seen * 1_000_000),
                 owner_gone=None if seen is None else now - seen > OWNER_GONE_AFTER_S,
             )
         )

@@ -41,6 +41,7 @@ __all__ = [
     "migration_script",
     "open_store",
     "redact_url",
+    "sqlite_file",
     "store_url",
 ]
 
@@ -60,6 +61,13 @@ def migration_script(url: str | None, datasets: Sequence[DatasetSchema]) -> str:
     from thyme.store import postgres_schema
 
     return postgres_schema.migration_script(datasets)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file a ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` URL names, None for any
+    other scheme (not validated: :func:`open_store` does that)."""
+    parts = urlsplit(url)
+    return Path(parts.path[1:]) if parts.scheme == "sqlite" else None
 
 
 def open_store(url: str | None = None, *, create: bool = True) -> Store:
@@ -126,7 +134,8 @@ def open_store(url: str | None = None, *, create: bool = True) -> Store:
                     value=given,
                 )
             options[name] = int(given)
-        path = Path(parts.path[1:])
+        path = sqlite_file(url)
+        assert path is not None
         if not create and not path.is_file():
             raise StoreConfigError(
                 "store URL",
