@@ -36,6 +36,7 @@ def build_worker(config: ProcessorConfig) -> ShardWorker:
         store,
         RetryPolicy(give_up_after_s=config.retry_give_up_after_s),
         parent_watermark=parents,
+        record_format=config.record_format,
     )
 
 

@@ -122,6 +122,7 @@ class KclProcessor(v3.RecordProcessorBase):  # type: ignore[misc]
             applied=outcome.applied,
             replayed=outcome.replayed,
             dead_letters=dict(outcome.dead_letters),
+            control_messages=outcome.control_messages,
             attempts=outcome.attempts,
             millis_behind_latest=lag,
             seconds=round(time.perf_counter() - started, 4),

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from record_processor.envelope import InputRecord
+from thyme.connectors.formats import FormatSpec
 from thyme.errors import StoreUnavailableError
 from thyme.handover import DEFAULT_GIVE_UP_AFTER_S
-from thyme.records import FUTURE_TIMESTAMP, INVALID_BASE64, LATE, LatenessPolicy, RecordRules
+from thyme.records import INVALID_BASE64, Fanout, LatenessPolicy, RecordRules, Rejected
 from thyme.store.base import Batch, DeadLetter, Feed, Position, Row, ShardState, ShardStore
 
 log = logging.getLogger("record_processor")
@@ -56,6 +57,8 @@ class BatchOutcome:
     replayed: int = 0
     """Records skipped because the store already had them."""
     dead_letters: Counter[str] = field(default_factory=Counter)
+    control_messages: int = 0
+    """CloudWatch Logs control messages: acknowledged, neither rows nor dead letters."""
     attempts: int = 1
     last: Position | None = None
     """Position of the last record delivered (the checkpoint to take)."""
@@ -78,6 +81,7 @@ class ShardWorker:
         retry: RetryPolicy | None = None,
         *,
         parent_watermark: Callable[[str], int | None] | None = None,
+        record_format: FormatSpec | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -86,7 +90,7 @@ class ShardWorker:
         self.lateness = lateness
         self.store = store
         self.retry = retry or RetryPolicy()
-        self.rules = RecordRules(feed.dataset, lateness)
+        self.rules = RecordRules(feed.dataset, lateness, record_format)
         self._parent_watermark = parent_watermark
         self._clock = clock
         self._sleep = sleep
@@ -217,8 +221,11 @@ class ShardWorker:
                     result = judge(record.data, now_ms if arrival is None else arrival, watermark)
                     if isinstance(result, str):
                         reason = result
-                        if reason in (LATE, FUTURE_TIMESTAMP):  # rare: say by how much, for the operator
-                            detail = self.rules.facts(reason, now_ms if arrival is None else arrival, watermark)
+                        # rare: the numbers behind it (by how much late, sizes, counts), for the operator
+                        detail = self.rules.facts(reason, now_ms if arrival is None else arrival, watermark)
+                    elif isinstance(result, Fanout):  # a record of many events: one row or letter each
+                        watermark = self._fan_out(record, result, rows, dead, outcome, watermark)
+                        continue
                     else:
                         rows.append(result)
                         if watermark is None or result[1] > watermark:
@@ -226,6 +233,7 @@ class ShardWorker:
                         continue
             except Exception as exc:  # a bug must not stall the shard: keep the record, say why
                 log.exception("unexpected error decoding a record; dead-lettered")
+                self.rules.facts("", 0, None)  # drop what the failed judgement may have left
                 reason = f"internal_error: {type(exc).__name__}"
             dead.append(
                 DeadLetter(
@@ -243,6 +251,40 @@ class ShardWorker:
         outcome.applied = len(rows)
         state = ShardState(position=last, watermark_us=watermark, ended=base.ended)
         return Batch(self.shard, state, rows, dead), outcome
+
+    def _fan_out(
+        self,
+        record: InputRecord,
+        events: Fanout,
+        rows: list[Row],
+        dead: list[DeadLetter],
+        outcome: BatchOutcome,
+        watermark: int | None,
+    ) -> int | None:
+        """Add one record's events (already judged in order) to the batch; the new watermark.
+        All of them commit with the record's position, so a replay applies none of them twice."""
+        if events.control:
+            outcome.control_messages += 1
+        for event in events:
+            if isinstance(event, Rejected):
+                dead.append(
+                    DeadLetter(
+                        self.shard,
+                        record.sequence,
+                        record.sub_sequence,
+                        record.partition_key,
+                        event.raw,
+                        event.reason,
+                        record.arrival_ms,
+                        detail=event.detail,
+                    )
+                )
+                outcome.dead_letters[_reason_class(event.reason)] += 1
+            else:
+                rows.append(event)
+                if watermark is None or event[1] > watermark:
+                    watermark = event[1]
+        return watermark
 
     def _backoff(self, started: float, attempts: int, exc: StoreUnavailableError, what: str = "batch") -> None:
         elapsed = self._clock() - started

@@ -23,8 +23,7 @@ from tests.badinput import HERE, STREAM, T0, Case, load_corpus, record_cases, va
 from tests.child import checkpoint, checkpoint_reply, initialize, start_child, status
 from tests.factories import b64, feed_of, seq
 from thyme.loader import load_dataset
-from thyme.records.decode import RecordDecoder
-from thyme.records.lateness import LatenessPolicy
+from thyme.records import LatenessPolicy, RecordRules
 from thyme.schema import DatasetSchema, dataset_schema
 from thyme.store import open_store
 
@@ -67,11 +66,11 @@ def test_manifest_lists_every_case_file_once() -> None:
 def test_decoder_gives_each_case_its_reason(case: Case, schema: DatasetSchema) -> None:
     """In process, one case at a time (the child test below checks them all in one batch)."""
     assert case.raw is not None
-    result = RecordDecoder(schema).decode(case.raw)
-    if isinstance(result, tuple):  # decoded: judged against a watermark at T0, as in the batch
-        policy = LatenessPolicy(timedelta(minutes=5), timedelta(hours=1))
-        watermark = int(T0.timestamp() * 1_000_000)
-        assert (case.name, policy.judge(result[1], ARRIVAL_MS, watermark)) == (case.name, case.reason)
+    rules = RecordRules(schema, LatenessPolicy(timedelta(minutes=5), timedelta(hours=1)))
+    watermark = int(T0.timestamp() * 1_000_000)  # judged against a watermark at T0, as in the batch
+    result = rules.judge(case.raw, ARRIVAL_MS, watermark)
+    if isinstance(result, tuple):
+        assert (case.name, None) == (case.name, case.reason)
         assert result[0] == case.accepted_key
     else:
         assert (case.name, result) == (case.name, case.reason)

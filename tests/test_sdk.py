@@ -383,7 +383,10 @@ def test_format() -> None:
     assert KinesisSource(ARN, format="json").format == "json"
     with pytest.raises(SourceError) as info:
         KinesisSource(ARN, format="avro")
-    assert str(info.value) == "KinesisSource(format=...): unsupported format (got 'avro'). Supported formats: 'json'."
+    assert str(info.value) == (
+        "KinesisSource(format=...): unsupported format (got 'avro'). "
+        "Supported formats: 'json', 'cloudwatch_logs', 'cloudfront_realtime'."
+    )
 
 
 def test_region_default_env_and_explicit(monkeypatch: pytest.MonkeyPatch) -> None:

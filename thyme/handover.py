@@ -22,6 +22,7 @@ from typing import Final, Literal
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from thyme.connectors.formats import FormatSpec
 from thyme.connectors.source import source_spec
 from thyme.errors import ConfigError, LoadError
 from thyme.schema import DatasetSchema, dataset_schema
@@ -51,6 +52,10 @@ class ProcessorConfig(BaseModel):
     """``@source(max_lateness=...)`` in milliseconds; None: nothing is late."""
     max_future_skew_ms: int = 3_600_000
     """``@source(max_future_skew=...)`` in milliseconds."""
+    format: str = "json"
+    """``KinesisSource(format=...)``: how a record's bytes become rows (``thyme/records/formats.py``)."""
+    fields: tuple[str, ...] | None = None
+    """``KinesisSource(fields=...)``: the CloudFront real-time log fields, in order."""
     store_url: str | None = Field(None, repr=False)
     """The store; None: ``THYME_STORE_URL`` or the default SQLite file."""
     retry_give_up_after_s: float = DEFAULT_GIVE_UP_AFTER_S
@@ -68,6 +73,10 @@ class ProcessorConfig(BaseModel):
     @property
     def feed(self) -> Feed:
         return Feed(self.dataset, self.stream)
+
+    @property
+    def record_format(self) -> FormatSpec:
+        return FormatSpec(self.format, self.fields)
 
     @property
     def max_lateness(self) -> timedelta | None:
@@ -97,6 +106,8 @@ class ProcessorConfig(BaseModel):
             stream=spec.connector.stream_arn,
             max_lateness_ms=None if spec.max_lateness is None else spec.max_lateness // timedelta(milliseconds=1),
             max_future_skew_ms=spec.max_future_skew // timedelta(milliseconds=1),
+            format=spec.connector.record_format.name,
+            fields=spec.connector.record_format.fields,
             store_url=store_url,
         )
 
@@ -121,6 +132,8 @@ class BatchEvent(msgspec.Struct, kw_only=True):
     """Skipped: already in the store (a redelivery)."""
     dead_letters: dict[str, int] = {}
     """Dead letters written, by reason (``schema: <field>`` reasons grouped by field)."""
+    control_messages: int = 0
+    """CloudWatch Logs control messages acknowledged (no rows, no dead letters)."""
     attempts: int = 1
     millis_behind_latest: int | None = None
     """KCL's lag of the shard's reader behind the tip when it fetched the batch."""

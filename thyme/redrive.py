@@ -69,7 +69,8 @@ def redrive(
     if schema is None or spec is None:
         raise LoadError(f"{getattr(klass, '__name__', klass)} is not a @source(KinesisSource(...)) @dataset class")
     store.ensure_dataset(schema)
-    rules = RecordRules(schema, LatenessPolicy(None, spec.max_future_skew))  # no lateness (see above)
+    # no lateness (see above); the source's format, so a letter decodes as its record did
+    rules = RecordRules(schema, LatenessPolicy(None, spec.max_future_skew), spec.connector.record_format)
     report = RedriveReport()
     query = query or DeadLetterQuery()
     after = query.after_id
@@ -92,7 +93,7 @@ def redrive(
                 report.not_redriven[letter.reason] += 1
                 continue
             arrival = letter.arrival_ms if letter.arrival_ms is not None else int(clock() * 1000)
-            result = rules.judge(letter.raw, arrival, None)
+            result = rules.judge_dead_letter(letter.raw, letter.detail, arrival)
             if isinstance(result, str):
                 report.still_failing[result] += 1
                 continue

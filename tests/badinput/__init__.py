@@ -17,7 +17,9 @@ late nor early next to :func:`valid_record`, whatever the arrival time.
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -111,7 +113,43 @@ def _nested(user_id: str, depth: int, opening: bytes, closing: bytes, inner: byt
     return head + b', "deep": ' + opening * depth + inner + closing * depth + b"}"
 
 
+def _gzip_bomb() -> bytes:
+    """256 MiB of spaces inside a JSON object, gzip-compressed to ~250 KiB."""
+    engine = zlib.compressobj(9, zlib.DEFLATED, 31)
+    chunk = b" " * (1 << 20)
+    parts = [engine.compress(b'{"user_id": "bad-bomb", "pad": "')]
+    parts += [engine.compress(chunk) for _ in range(256)]
+    parts.append(engine.compress(b'"}'))
+    parts.append(engine.flush())
+    return b"".join(parts)
+
+
+def _gzipped(name: str) -> bytes:
+    return gzip.compress(json.dumps(document(name)).encode(), mtime=0)
+
+
+def _two_members() -> bytes:
+    body = json.dumps(document("ok-gzip_two_members")).encode()
+    return gzip.compress(body[:7], mtime=0) + gzip.compress(body[7:], mtime=0)
+
+
+def _bad_crc() -> bytes:
+    whole = bytearray(_gzipped("bad-gzip_bad_crc"))
+    whole[-6] ^= 0xFF
+    return bytes(whole)
+
+
 GENERATORS: Final[dict[str, Callable[[], bytes]]] = {
+    "gzip_valid": lambda: _gzipped("ok-gzip_valid"),
+    "zlib_valid": lambda: zlib.compress(json.dumps(document("ok-zlib_valid")).encode()),
+    "gzip_two_members": _two_members,
+    "gzip_invalid_json": lambda: gzip.compress(b'{"user_id": "bad-gzip_invalid_json", ', mtime=0),
+    "gzip_schema_error": lambda: gzip.compress(json.dumps(document("bad-gzip_schema", n="7")).encode(), mtime=0),
+    "gzip_truncated": lambda: _gzipped("bad-gzip_truncated")[:-12],
+    "gzip_bad_crc": _bad_crc,
+    "gzip_trailing_bytes": lambda: _gzipped("bad-gzip_trailing") + b"\x00\x00",
+    "gzip_bomb": _gzip_bomb,
+    "zlib_ratio_bomb": lambda: zlib.compress(json.dumps(document("bad-zlib_ratio", coupon="x" * 300_000)).encode()),
     "big_truncated": _big_truncated,
     "big_valid": lambda: _padded("ok-big_valid", "coupon", BIG),
     "big_key": _big_key,
@@ -147,7 +185,12 @@ class Case:
     def accepted_key(self) -> str:
         """The key under which an accepted case's row is found."""
         assert self.raw is not None
-        key = json.loads(self.raw, parse_int=str)["user_id"]
+        raw = self.raw
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        elif raw[:1] == b"x":
+            raw = zlib.decompress(raw)
+        key = json.loads(raw, parse_int=str)["user_id"]
         assert isinstance(key, str)
         return key
 

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Final, Literal
 from urllib.parse import urlsplit
 
+from thyme.connectors.formats import FormatSpec, check_format
 from thyme.errors import REDACTED, SourceError
 from thyme.secret import Secret
 
@@ -30,7 +31,6 @@ AWS_ENV_ENDPOINT_URL: Final = "AWS_ENDPOINT_URL_KINESIS"
 """The AWS SDKs' own variable for the Kinesis endpoint, honoured after ours (``aws`` and boto3
 read it too, so one export serves them all)."""
 DEFAULT_REGION: Final = "us-east-1"
-SUPPORTED_FORMATS: Final = ("json",)
 
 _STREAM_ARN: Final = re.compile(
     r"arn:(?P<partition>aws|aws-cn|aws-us-gov):kinesis:(?P<region>[a-z]{2}(?:-[a-z]+)+-\d+):"
@@ -144,7 +144,12 @@ class KinesisSource:
         stream_arn: the stream's ARN (required; never read from the environment).
         init_position: ``"latest"`` (default), ``"trim_horizon"``, or an ISO-8601 timestamp
             with a zone (Kinesis arrival time). Used only when the application first sees a shard.
-        format: the record format; ``"json"`` (one JSON object per record).
+        format: the record format: ``"json"`` (one JSON object per record, gzip or zlib
+            compressed or not), ``"cloudwatch_logs"`` (a CloudWatch Logs subscription: one row
+            per log event) or ``"cloudfront_realtime"`` (CloudFront real-time logs; needs
+            ``fields``). See ``thyme.connectors.formats``.
+        fields: for ``"cloudfront_realtime"`` only: the fields of the distribution's real-time
+            log configuration, in order (``["timestamp", "c-ip", "sc-status", ...]``).
         role_arn: an IAM role to assume for reading the stream (cross-account), as a string or
             a :class:`~thyme.Secret`. Default: ``THYME_KINESIS_ROLE_ARN``, else none (the
             consumer's own identity).
@@ -167,6 +172,7 @@ class KinesisSource:
         region: str | None = None,
         endpoint_url: str | None = None,
         external_id: str | Secret | None = None,
+        fields: list[str] | tuple[str, ...] | None = None,
     ) -> None:
         match = _STREAM_ARN.fullmatch(stream_arn) if isinstance(stream_arn, str) else None
         if match is None:
@@ -187,14 +193,7 @@ class KinesisSource:
         self._stream_arn = stream_arn
         self._arn = match
         self._init_position = parse_init_position(init_position)
-        if format not in SUPPORTED_FORMATS:
-            raise SourceError(
-                "KinesisSource(format=...)",
-                "unsupported format",
-                f"Supported formats: {', '.join(repr(f) for f in SUPPORTED_FORMATS)}.",
-                value=format,
-            )
-        self._format = format
+        self._format = FormatSpec(*check_format(format, fields))
         self._region = self._pick_region(region)
         self._endpoint_url = self._pick_endpoint(endpoint_url)
         self._role_arn = self._pick_role(role_arn)
@@ -296,6 +295,11 @@ class KinesisSource:
 
     @property
     def format(self) -> str:
+        return self._format.name
+
+    @property
+    def record_format(self) -> FormatSpec:
+        """The format with its settings (the CloudFront fields)."""
         return self._format
 
     @property
@@ -332,7 +336,7 @@ class KinesisSource:
             partition=self._arn["partition"],
             region=self._region,
             init_position=self._init_position,
-            format=self._format,
+            format=self._format.name,
             endpoint_url=self._endpoint_url,
             role_arn=role,
             external_id=external_id,
@@ -344,7 +348,7 @@ class KinesisSource:
         shown = "None" if role is None else repr(role) if isinstance(role, Secret) else repr(REDACTED)
         return (
             f"KinesisSource(stream_arn={self._stream_arn!r}, init_position={str(self._init_position)!r}, "
-            f"format={self._format!r}, role_arn={shown}, region={self._region!r}, "
+            f"format={str(self._format)!r}, role_arn={shown}, region={self._region!r}, "
             f"endpoint_url={self._endpoint_url!r})"
         )
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Final, Literal, TypeVar
 
+from thyme.connectors.formats import check_dataset
 from thyme.connectors.kinesis import KinesisSource
 from thyme.duration import format_duration, parse_duration
 from thyme.errors import SourceError
@@ -109,6 +110,7 @@ def source(
                 "a dataset takes one Kinesis source",
                 "Keep one @source(KinesisSource(...)) per dataset.",
             )
+        check_dataset(connector.record_format.name, connector.record_format.fields, schema)
         cls.__thyme_source__ = spec  # type: ignore[attr-defined]
         return cls
 

@@ -301,6 +301,8 @@ def plan(
         stream=connection.stream_arn,
         max_lateness_ms=None if spec.max_lateness is None else spec.max_lateness // timedelta(milliseconds=1),
         max_future_skew_ms=spec.max_future_skew // timedelta(milliseconds=1),
+        format=spec.connector.record_format.name,
+        fields=spec.connector.record_format.fields,
         store_url=url,
         lease_table=properties.table_name,
         region=connection.region,

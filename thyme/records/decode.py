@@ -20,6 +20,7 @@ decoder is compiled once per process from the :class:`~thyme.schema.DatasetSchem
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -225,12 +226,15 @@ def _reason(exc: msgspec.ValidationError) -> str:
 class RecordDecoder:
     """Decode records for one dataset. Build once per process; :meth:`decode` is the hot path."""
 
-    def __init__(self, schema: DatasetSchema) -> None:
+    def __init__(self, schema: DatasetSchema, supplied: frozenset[str] = frozenset()) -> None:
+        """``supplied``: fields a record may leave out because its format fills them (``fill``)."""
         self.schema = schema
         fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
         for f in schema.fields:
             kind = _msgspec_type(f.type)
-            fields.append((f.name, kind, None) if f.type.optional else (f.name, kind))
+            if f.name in supplied and not f.type.optional:
+                kind = kind | None
+            fields.append((f.name, kind, None) if f.type.optional or f.name in supplied else (f.name, kind))
         # Required fields first (a struct's defaults must come last); names are unaffected.
         fields.sort(key=len)
         self._struct = msgspec.defstruct(f"{schema.name}Record", fields)
@@ -247,9 +251,13 @@ class RecordDecoder:
             for f in schema.fields
             if not f.timestamp and (norm := _normaliser(f.type, f.name)) is not None
         ]
+        self._finite = [f.name for f in schema.fields if f.type.kind == "float"]
 
-    def decode(self, raw: bytes) -> Accepted | str:
-        """Decode one record's bytes; an :data:`Accepted` row or the dead-letter reason."""
+    def decode(self, raw: bytes, fill: Callable[[Any], None] | None = None) -> Accepted | str:
+        """Decode one record's bytes; an :data:`Accepted` row or the dead-letter reason.
+
+        ``fill``, if given, sets the values a format supplies itself (a CloudWatch Logs envelope's
+        log group, an event's timestamp) on the decoded record before it is checked."""
         try:
             record = self._decoder.decode(raw)
         except msgspec.ValidationError as exc:
@@ -272,6 +280,27 @@ class RecordDecoder:
                     break
         if suspect and self._may_repeat_a_key(raw, record):
             reason = self._repeated_key(raw)
+        if fill is not None:
+            fill(record)
+        return self._finish(record, reason)
+
+    def convert(self, values: dict[str, str | None]) -> Accepted | str:
+        """A row from text values by field name (a CloudFront line's columns; None: sent as
+        ``-``), each converted to its field's type as strictly as JSON would be decoded: digits
+        for an int, a finite number for a float, ``true``/``false`` (or ``1``/``0``) for a bool,
+        an ISO date, an ISO time with a zone or an epoch number for a datetime."""
+        try:
+            record = msgspec.convert(values, self._struct, strict=False)
+        except msgspec.ValidationError as exc:
+            return _text_reason(exc, values)
+        for name in self._finite:
+            value = getattr(record, name)
+            if value is not None and not math.isfinite(value):
+                return f"schema: {name}: expected a finite number, got {_shown(values.get(name))}"
+        return self._finish(record, None)
+
+    def _finish(self, record: Any, reason: str | None) -> Accepted | str:
+        """The checks every decoded record goes through, then the row."""
         key = getattr(record, self._key)
         if self._str_key and (len(key) > _MAX_KEY_CHARS_UNCHECKED or "\x00" in key):
             reason = reason or _unusable_key(key, self._key)
@@ -327,6 +356,27 @@ class RecordDecoder:
             if path is not None:
                 return f"schema: {path}: duplicate key"
         return None
+
+
+def _shown(value: str | None, limit: int = 40) -> str:
+    """A text value for a reason: quoted and escaped (JSON), cut to ``limit`` characters."""
+    if value is None:
+        return "nothing"
+    text = json.dumps(value[:limit], ensure_ascii=False)
+    return text if len(value) <= limit else text[:-1] + '…"'
+
+
+def _text_reason(exc: msgspec.ValidationError, values: dict[str, str | None]) -> str:
+    """A conversion failure of :meth:`RecordDecoder.convert` as a reason that shows the value."""
+    reason = _reason(exc)
+    if not reason.startswith("schema: ") or reason.endswith(": missing"):
+        return reason
+    name, _, what = reason[8:].partition(": ")
+    value = values.get(name)
+    if value is None:
+        return f"schema: {name}: missing (sent as -)"
+    expected = what.split(", got ", 1)[0]
+    return f"schema: {name}: {expected}, got {_shown(value)}"
 
 
 def _unusable_key(key: str, name: str) -> str | None:

@@ -10,9 +10,8 @@ records in stream order, so a restart or a lease move decides the same way.
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
-from typing import Final
+from typing import Any, Final
 
 from thyme.duration import format_duration
 from thyme.times import from_us, iso
@@ -56,13 +55,12 @@ class LatenessPolicy:
         return None
 
 
-def describe(facts: str | None) -> str | None:
-    """:meth:`LatenessPolicy.facts` in words: "event time … is 9m behind the shard's watermark …;
-    max_lateness is 5m" (None stays None; anything else is shown as it is)."""
-    if facts is None:
+def describe_lateness(known: dict[str, Any]) -> str | None:
+    """:meth:`LatenessPolicy.facts` (parsed) in words: "event time … is 9m behind the shard's
+    watermark …; max_lateness is 5m"; None if ``known`` holds no such numbers."""
+    if "event_time_us" not in known:
         return None
     try:
-        known = json.loads(facts)
         ts = known["event_time_us"]
         if "watermark_us" in known:
             behind = timedelta(microseconds=known["watermark_us"] - ts)
@@ -78,4 +76,4 @@ def describe(facts: str | None) -> str | None:
             f"{format_duration(timedelta(microseconds=known['max_future_skew_us']))}"
         )
     except (ValueError, KeyError, TypeError, OverflowError):
-        return facts
+        return None

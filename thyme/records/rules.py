@@ -1,44 +1,185 @@
-"""One record's fate: decoded and validated against the dataset, then judged against the shard's
-watermark and its arrival time."""
+"""One record's fate: decoded in its source's format and validated against the dataset, then
+judged against the shard's watermark and its arrival time."""
 
 from __future__ import annotations
 
-from thyme.records.decode import Accepted, RecordDecoder
-from thyme.records.lateness import LatenessPolicy
+import json
+from collections.abc import Callable
+from typing import Any
+
+from thyme.connectors.formats import CLOUDFRONT_REALTIME, CLOUDWATCH_LOGS, FormatSpec
+from thyme.records.decode import INVALID_JSON, INVALID_UTF8, Accepted, RecordDecoder
+from thyme.records.formats import (
+    CONTROL_MESSAGE,
+    DATA_MESSAGE,
+    INVALID_ENVELOPE,
+    CloudFrontLines,
+    Fanout,
+    LogEvents,
+    Rejected,
+    compression_of,
+    decompress,
+    envelope_context,
+)
+from thyme.records.lateness import FUTURE_TIMESTAMP, LATE, LatenessPolicy
 from thyme.schema import DatasetSchema
+
+Verdict = Accepted | str | Fanout
+"""What :meth:`RecordRules.judge` gives for one record: a row, a dead-letter reason, or (formats
+that carry many events in a record) a :class:`~thyme.records.formats.Fanout` of both."""
 
 
 class RecordRules:
-    """The rules of one dataset and its source's lateness settings, compiled once per process;
-    :meth:`judge` is the hot path.
+    """The rules of one dataset, its source's format and its lateness settings, compiled once
+    per process; :attr:`judge` is the hot path.
 
     Re-drive passes a policy without ``max_lateness``: a watermark belongs to a position in a
     shard, which a dead letter no longer has."""
 
-    __slots__ = ("_decode", "_judge", "decoder", "lateness", "rejected_us", "schema")
+    __slots__ = (
+        "_cloudfront",
+        "_decode",
+        "_detail",
+        "_judge",
+        "_logs",
+        "decoder",
+        "format",
+        "judge",
+        "lateness",
+        "rejected_us",
+        "schema",
+    )
 
-    def __init__(self, schema: DatasetSchema, lateness: LatenessPolicy) -> None:
+    def __init__(
+        self, schema: DatasetSchema, lateness: LatenessPolicy, record_format: FormatSpec | None = None
+    ) -> None:
         self.schema = schema
-        self.decoder = RecordDecoder(schema)
+        self.format = record_format or FormatSpec()
         self.lateness = lateness
-        self._decode = self.decoder.decode
         self._judge = self.lateness.judge
         self.rejected_us = 0
-
-    def judge(self, raw: bytes, arrival_ms: int, watermark_us: int | None) -> Accepted | str:
-        """The row ``(key, event time µs, row JSON)`` if the record is accepted, else the reason it
-        is a dead letter. ``arrival_ms``: Kinesis' arrival time (bounds how far ahead an event
+        self._detail: str | None = None
+        self._logs: LogEvents | None = None
+        self._cloudfront: CloudFrontLines | None = None
+        self.judge: Callable[[bytes, int, int | None], Verdict]
+        """``judge(raw, arrival_ms, watermark_us)``: the row ``(key, event time µs, row JSON)`` if
+        the record is accepted, else the reason it is a dead letter (or, for ``cloudwatch_logs``,
+        a :class:`Fanout` with one of those per event, judged in order against a watermark that
+        moves with them). ``arrival_ms``: Kinesis' arrival time (bounds how far ahead an event
         time may be); ``watermark_us``: the greatest event time accepted on the shard so far."""
+        if self.format.name == CLOUDWATCH_LOGS:
+            self._logs = LogEvents(schema)
+            self.decoder = self._logs.decoder
+            self.judge = self._judge_log_events
+        elif self.format.name == CLOUDFRONT_REALTIME:
+            assert self.format.fields is not None  # checked by KinesisSource
+            self._cloudfront = CloudFrontLines(schema, self.format.fields)
+            self.decoder = self._cloudfront.decoder
+            self.judge = self._judge_cloudfront
+        else:
+            self.decoder = RecordDecoder(schema)
+            self.judge = self._judge_json
+        self._decode = self.decoder.decode
+
+    def _judge_json(self, raw: bytes, arrival_ms: int, watermark_us: int | None) -> Accepted | str:
         result = self._decode(raw)
         if isinstance(result, str):
+            # Compressed bytes are never JSON: only a record that failed is looked at again.
+            if result not in (INVALID_JSON, INVALID_UTF8) or (kind := compression_of(raw)) is None:
+                return result
+            unpacked = decompress(raw, kind)
+            if unpacked.reason is not None:
+                self._detail = unpacked.detail
+                return unpacked.reason
+            result = self._decode(unpacked.data)
+            if isinstance(result, str):
+                self._detail = f'{{"compression":"{kind}"}}'
+                return result
+        return self._timely(result, arrival_ms, watermark_us)
+
+    def _judge_cloudfront(self, raw: bytes, arrival_ms: int, watermark_us: int | None) -> Accepted | str:
+        assert self._cloudfront is not None
+        result, detail = self._cloudfront.decode(raw)
+        if isinstance(result, str):
+            self._detail = detail
             return result
-        late = self._judge(result[1], arrival_ms, watermark_us)
+        return self._timely(result, arrival_ms, watermark_us)
+
+    def _timely(self, row: Accepted, arrival_ms: int, watermark_us: int | None) -> Accepted | str:
+        late = self._judge(row[1], arrival_ms, watermark_us)
         if late is None:
-            return result
-        self.rejected_us = result[1]  # for facts(): the event time of the record just rejected
+            return row
+        self.rejected_us = row[1]  # for facts(): the event time of the record just rejected
         return late
 
+    def _judge_log_events(self, raw: bytes, arrival_ms: int, watermark_us: int | None) -> Fanout | str:
+        logs = self._logs
+        assert logs is not None
+        envelope = logs.envelope(raw)
+        if isinstance(envelope, tuple):
+            self._detail = envelope[1]
+            return envelope[0]
+        out = Fanout()
+        if envelope.messageType == CONTROL_MESSAGE:
+            out.control = True
+            return out
+        if envelope.messageType != DATA_MESSAGE:
+            self._detail = json.dumps({"messageType": envelope.messageType})
+            return INVALID_ENVELOPE
+        context = {"owner": envelope.owner, "logGroup": envelope.logGroup, "logStream": envelope.logStream}
+        watermark = watermark_us
+        judge = self._judge
+        for index, event_raw in enumerate(envelope.logEvents):
+            event = bytes(event_raw)
+            result, detail = logs.event(event, context)
+            if isinstance(result, str):
+                out.append(Rejected(result, event, _merged(envelope_context(envelope, index), detail)))
+                continue
+            late = judge(result[1], arrival_ms, watermark)
+            if late is None:
+                out.append(result)
+                if watermark is None or result[1] > watermark:
+                    watermark = result[1]
+                continue
+            facts = self.lateness.facts(late, result[1], arrival_ms, watermark)
+            out.append(Rejected(late, event, _merged(envelope_context(envelope, index), facts), result[1]))
+        return out
+
+    def judge_dead_letter(self, raw: bytes, detail: str | None, arrival_ms: int) -> Accepted | str:
+        """Judge a dead letter's bytes again (re-drive), without a watermark. A CloudWatch Logs
+        letter holds one event; its envelope (log group, stream, owner) comes from ``detail``."""
+        if self._logs is None:
+            result = self.judge(raw, arrival_ms, None)
+            assert not isinstance(result, Fanout)
+            return result
+        try:
+            known = json.loads(detail) if detail else {}
+        except ValueError:
+            known = {}
+        context = known if isinstance(known, dict) else {}
+        result, _ = self._logs.event(raw, context)
+        if isinstance(result, str):
+            return result
+        return self._timely(result, arrival_ms, None)
+
     def facts(self, reason: str, arrival_ms: int, watermark_us: int | None) -> str | None:
-        """The numbers behind the ``late`` or ``future_timestamp`` verdict :meth:`judge` just gave
-        (the event time, the watermark or arrival, the bound: ``LatenessPolicy.facts``), or None."""
-        return self.lateness.facts(reason, self.rejected_us, arrival_ms, watermark_us)
+        """The detail of the reason :attr:`judge` just gave: for ``late`` and ``future_timestamp``
+        the numbers (event time, watermark or arrival, the bound: ``LatenessPolicy.facts``); for a
+        format's reasons, what it found (sizes, counts, the error). Call it after every rejection
+        you keep (it is cleared when read)."""
+        if reason in (LATE, FUTURE_TIMESTAMP):
+            return self.lateness.facts(reason, self.rejected_us, arrival_ms, watermark_us)
+        detail, self._detail = self._detail, None
+        return detail
+
+
+def _merged(context: dict[str, Any], detail: str | None) -> str:
+    """An event's envelope context with the numbers behind its reason, as one JSON object."""
+    if detail:
+        try:
+            more = json.loads(detail)
+        except ValueError:
+            more = {"detail": detail}
+        if isinstance(more, dict):
+            context = {**more, **context}
+    return json.dumps(context, separators=(",", ":"), ensure_ascii=False)

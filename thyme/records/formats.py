@@ -1,0 +1,247 @@
+"""The record formats AWS services put on Kinesis, decoded into rows (``thyme.connectors.formats``
+names them).
+
+* **Compressed JSON** (``json``): a record that is not JSON but starts with gzip's magic bytes
+  (``1f 8b``) or a zlib header is decompressed (:func:`decompress`, bounded), then decoded as
+  JSON. Plain JSON pays nothing: compression is only looked for once a record failed to parse.
+* **CloudWatch Logs subscription records** (``cloudwatch_logs``): a gzip-compressed envelope
+  (``messageType``, ``owner``, ``logGroup``, ``logStream``, ``subscriptionFilters``,
+  ``logEvents``). A ``CONTROL_MESSAGE`` (CloudWatch checking that it can write) gives no rows
+  and no dead letters; each event of a ``DATA_MESSAGE`` gives one row or one dead letter
+  (:class:`Fanout`), its raw bytes the event's own.
+* **CloudFront real-time logs** (``cloudfront_realtime``): one line of tab-separated values in
+  the configuration's field order, ``-`` for an absent value, converted by
+  :meth:`RecordDecoder.convert`.
+
+Every reason a format adds is a constant here; its numbers go in the dead letter's ``detail``
+(a small JSON object that :func:`thyme.records.describe` words).
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Callable
+from typing import Any, Final
+
+import msgspec
+
+from thyme.connectors.formats import CLOUDWATCH_ENVELOPE_FIELDS, dataset_field_name
+from thyme.records.decode import INVALID_JSON, INVALID_UTF8, Accepted, RecordDecoder
+from thyme.schema import DatasetSchema
+
+MAX_DECOMPRESSED_BYTES: Final = 8 * 1024 * 1024
+"""A compressed record may expand to at most 8 MiB (a Kinesis record is at most 1 MiB)…"""
+MAX_RATIO: Final = 250
+"""…and to at most 250 times its compressed size (JSON compresses 5-20 times, repetitive logs
+rarely 100), except that any record may expand to :data:`RATIO_FREE_BYTES`."""
+RATIO_FREE_BYTES: Final = 64 * 1024
+
+DECOMPRESSED_TOO_LARGE: Final = "decompressed_too_large"
+INVALID_COMPRESSION: Final = "invalid_compression"
+"""Bad compressed data: a corrupt block, a wrong checksum, bytes after the end."""
+TRUNCATED_COMPRESSION: Final = "truncated_compression"
+"""The compressed data stops before its end."""
+WRONG_FIELD_COUNT: Final = "wrong_field_count"
+"""A CloudFront line without as many tab-separated values as the configuration has fields."""
+INVALID_ENVELOPE: Final = "invalid_envelope"
+"""Not a CloudWatch Logs subscription record (no ``messageType``, ``logEvents`` not a list, …)."""
+INVALID_LOG_EVENT: Final = "invalid_log_event"
+"""A log event without a string ``id``, an integer ``timestamp`` or a string ``message``."""
+
+GZIP: Final = "gzip"
+ZLIB: Final = "zlib"
+_ZLIB_HEADER_CHECK: Final = 31
+CONTROL_MESSAGE: Final = "CONTROL_MESSAGE"
+DATA_MESSAGE: Final = "DATA_MESSAGE"
+
+
+def compression_of(raw: bytes) -> str | None:
+    """``gzip`` or ``zlib`` if ``raw`` starts like one, else None."""
+    if raw[:2] == b"\x1f\x8b":
+        return GZIP
+    # zlib: deflate (CM 8), a window of at most 32 KiB, no preset dictionary, the header's check bits
+    if (
+        len(raw) >= 2
+        and raw[0] & 0x0F == 8
+        and raw[0] >> 4 <= 7
+        and not raw[1] & 0x20
+        and (raw[0] << 8 | raw[1]) % _ZLIB_HEADER_CHECK == 0
+    ):
+        return ZLIB
+    return None
+
+
+class Decompressed:
+    """The outcome of :func:`decompress`: ``data``, or a ``reason`` and its ``detail``."""
+
+    __slots__ = ("data", "detail", "reason")
+
+    def __init__(self, data: bytes = b"", reason: str | None = None, detail: str | None = None) -> None:
+        self.data = data
+        self.reason = reason
+        self.detail = detail
+
+
+def decompress(raw: bytes, kind: str) -> Decompressed:
+    """Decompress a gzip (every member, as ``gunzip`` does) or zlib record, never holding more than
+    the bound (:data:`MAX_DECOMPRESSED_BYTES`, :data:`MAX_RATIO`) in memory."""
+    limit = min(MAX_DECOMPRESSED_BYTES, max(RATIO_FREE_BYTES, MAX_RATIO * len(raw)))
+    parts: list[bytes] = []
+    size = 0
+    rest = raw
+    while True:
+        engine = zlib.decompressobj(wbits=31 if kind == GZIP else 15)
+        try:
+            part = engine.decompress(rest, limit - size + 1)
+        except zlib.error as exc:
+            return _failed(INVALID_COMPRESSION, kind, raw, str(exc))
+        size += len(part)
+        parts.append(part)
+        if size > limit or engine.unconsumed_tail:
+            return Decompressed(
+                reason=DECOMPRESSED_TOO_LARGE,
+                detail=json.dumps(
+                    {"compression": kind, "compressed_bytes": len(raw), "limit_bytes": limit}, separators=(",", ":")
+                ),
+            )
+        if not engine.eof:
+            return _failed(TRUNCATED_COMPRESSION, kind, raw, "the compressed data ends early")
+        rest = engine.unused_data
+        if not rest:
+            return Decompressed(b"".join(parts))
+        if kind != GZIP or rest[:2] != b"\x1f\x8b":
+            return _failed(INVALID_COMPRESSION, kind, raw, f"{len(rest)} bytes after the end of the compressed data")
+
+
+def _failed(reason: str, kind: str, raw: bytes, error: str) -> Decompressed:
+    detail = {"compression": kind, "compressed_bytes": len(raw), "error": error}
+    return Decompressed(reason=reason, detail=json.dumps(detail, separators=(",", ":")))
+
+
+class Rejected:
+    """One event of a :class:`Fanout` that is a dead letter: its reason, its own raw bytes, and
+    the detail (the envelope it came in, and any numbers behind the reason)."""
+
+    __slots__ = ("detail", "raw", "reason", "ts_us")
+
+    def __init__(self, reason: str, raw: bytes, detail: str | None, ts_us: int | None = None) -> None:
+        self.reason = reason
+        self.raw = raw
+        self.detail = detail
+        self.ts_us = ts_us
+
+    def __repr__(self) -> str:
+        return f"Rejected({self.reason!r}, {self.raw[:40]!r})"
+
+
+class Fanout(list[Accepted | Rejected]):
+    """What one record of a format that carries many events (CloudWatch Logs) gives: a row or a
+    :class:`Rejected` per event, in order. ``control``: a control message, acknowledged and
+    counted, with no events."""
+
+    control = False
+
+
+class _Envelope(msgspec.Struct):
+    messageType: str  # noqa: N815 - CloudWatch's names
+    owner: str = ""
+    logGroup: str = ""  # noqa: N815
+    logStream: str = ""  # noqa: N815
+    subscriptionFilters: list[str] = msgspec.field(default_factory=list)  # noqa: N815
+    logEvents: list[msgspec.Raw] = msgspec.field(default_factory=list)  # noqa: N815
+
+
+class _Event(msgspec.Struct):
+    id: str
+    timestamp: int
+    message: str
+
+
+_envelope = msgspec.json.Decoder(_Envelope)
+_event = msgspec.json.Decoder(_Event)
+
+
+class LogEvents:
+    """Decode CloudWatch Logs subscription records for one dataset."""
+
+    def __init__(self, schema: DatasetSchema) -> None:
+        names = {f.name for f in schema.fields}
+        self._ts = schema.timestamp_field.name
+        self._from_envelope = [
+            (name, CLOUDWATCH_ENVELOPE_FIELDS[name]) for name in CLOUDWATCH_ENVELOPE_FIELDS if name in names
+        ]
+        self.decoder = RecordDecoder(schema, supplied=frozenset([self._ts, *(n for n, _ in self._from_envelope)]))
+
+    def envelope(self, raw: bytes) -> _Envelope | tuple[str, str | None]:
+        """The envelope of a record (decompressed if it is), or ``(reason, detail)``."""
+        kind = compression_of(raw)
+        if kind is not None:
+            unpacked = decompress(raw, kind)
+            if unpacked.reason is not None:
+                return unpacked.reason, unpacked.detail
+            raw = unpacked.data
+        try:
+            return _envelope.decode(raw)
+        except msgspec.ValidationError as exc:
+            return INVALID_ENVELOPE, json.dumps({"error": str(exc)})
+        except msgspec.DecodeError:
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return INVALID_UTF8, None
+            return INVALID_JSON, None
+
+    def event(self, raw: bytes, context: dict[str, Any]) -> tuple[Accepted | str, str | None]:
+        """One log event (its raw bytes) from an envelope whose ``owner``, ``logGroup`` and
+        ``logStream`` are in ``context``: the row or the reason, and the reason's detail."""
+        try:
+            event = _event.decode(raw)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            return INVALID_LOG_EVENT, json.dumps({"error": str(exc)})
+        values = [(name, event.id if key == "id" else context.get(key, "")) for name, key in self._from_envelope]
+        ts_field = self._ts
+        fallback_ms = event.timestamp
+
+        def fill(record: Any) -> None:
+            for name, value in values:
+                setattr(record, name, value)
+            if getattr(record, ts_field) is None:
+                setattr(record, ts_field, fallback_ms)
+
+        return self.decoder.decode(event.message.encode("utf-8", "surrogatepass"), fill), None
+
+
+def envelope_context(envelope: _Envelope, index: int) -> dict[str, Any]:
+    """What a dead letter of event ``index`` keeps of its envelope (in its detail)."""
+    return {
+        "owner": envelope.owner,
+        "logGroup": envelope.logGroup,
+        "logStream": envelope.logStream,
+        "subscriptionFilters": envelope.subscriptionFilters,
+        "event_index": index,
+    }
+
+
+class CloudFrontLines:
+    """Decode CloudFront real-time log lines for one dataset and one configuration's fields."""
+
+    def __init__(self, schema: DatasetSchema, fields: tuple[str, ...]) -> None:
+        names = {f.name for f in schema.fields}
+        self.count = len(fields)
+        self._columns = [(i, column) for i, name in enumerate(fields) if (column := dataset_field_name(name)) in names]
+        self.decoder = RecordDecoder(schema)
+        self._convert: Callable[[dict[str, str | None]], Accepted | str] = self.decoder.convert
+
+    def decode(self, raw: bytes) -> tuple[Accepted | str, str | None]:
+        """A row or the reason, and the reason's detail."""
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return INVALID_UTF8, None
+        if line.endswith("\n"):
+            line = line[:-2] if line.endswith("\r\n") else line[:-1]
+        values = line.split("\t")
+        if len(values) != self.count:
+            return WRONG_FIELD_COUNT, f'{{"expected_fields":{self.count},"got_fields":{len(values)}}}'
+        return self._convert({column: None if (v := values[i]) == "-" else v for i, column in self._columns}), None
