@@ -106,13 +106,15 @@ class Consumer:
         self.starts = 0
         self.extra_args: list[str] = []
         """More ``thyme kinesis run`` options, e.g. ``["--metrics", "emf"]``."""
+        self.dataset = "Clicks"
+        """The dataset class in ``app`` to run."""
 
     def command(self) -> list[str]:
         return [
             THYME,
             "kinesis",
             "run",
-            f"{self.app}:Clicks",
+            f"{self.app}:{self.dataset}",
             "--store",
             self.store_url,
             "--application-name",
@@ -168,7 +170,7 @@ class Consumer:
                 THYME,
                 "kinesis",
                 "status",
-                f"{self.app}:Clicks",
+                f"{self.app}:{self.dataset}",
                 "--store",
                 self.store_url,
                 "--application-name",
