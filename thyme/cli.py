@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
 
@@ -120,6 +120,84 @@ def _cmd_kinesis_status(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(as_table(rows, reasons))
     return 0
+
+
+def _cmd_kinesis_preflight(args: argparse.Namespace) -> int:
+    from thyme.connectors.source import source_spec
+    from thyme.errors import LoadError
+    from thyme.kinesis.aws import session_name, source_kinesis
+    from thyme.kinesis.launcher import env_endpoint
+    from thyme.kinesis.properties import default_application_name
+    from thyme.kinesis.sample import Preflight, judge_sample, read_sample
+    from thyme.loader import load_dataset
+    from thyme.schema import dataset_schema
+
+    klass = load_dataset(args.dataset)
+    schema, spec = dataset_schema(klass), source_spec(klass)
+    if schema is None or spec is None:
+        raise LoadError(f"{args.dataset} is not a @source(KinesisSource(...)) @dataset class")
+    connection = spec.connector.resolve()
+    application = args.application_name or default_application_name(schema.name, connection.stream_name, schema.version)
+    sts = args.sts_endpoint_url or env_endpoint(os.environ, "sts")
+    client = source_kinesis(connection, sts, session_name(application))
+    since = args.since if args.since is not None else datetime.now(UTC) - timedelta(hours=1)
+    shards, cut = read_sample(
+        client,
+        connection.stream_arn,
+        connection.kinesis_identity,
+        connection.endpoint_url,
+        since,
+        args.limit,
+        args.timeout,
+    )
+    samples, examples = judge_sample(schema, spec, shards)
+    for sample in samples:
+        sample.complete = sample.shard not in cut
+    report = Preflight(
+        stream=connection.stream_arn,
+        format=str(spec.connector.record_format),
+        since=since,
+        max_lateness=spec.max_lateness,
+        keep=args.keep,
+        shards=samples,
+        examples=examples,
+    )
+    if args.json:
+        sys.stdout.write(msgspec.json.encode(report.as_json()).decode() + "\n")
+    else:
+        sys.stdout.write(report.as_table())
+    return 1 if report.dead_letters else 0
+
+
+def _share(value: str) -> float:
+    text = value.strip()
+    try:
+        share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'not a share: {value!r} (write "99%" or 0.99)') from None
+    if not 0 < share <= 1:
+        raise argparse.ArgumentTypeError(f'not a share between 0 and 100%: {value!r} (write "99%" or 0.99)')
+    return share
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {value!r}")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {value!r}")
+    return number
 
 
 def _dead_letter_query(args: argparse.Namespace, include_redriven: bool = False) -> DeadLetterQuery:
@@ -503,6 +581,39 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_options(status)
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.set_defaults(handler=_cmd_kinesis_status)
+    preflight = kinesis_commands.add_parser(
+        "preflight",
+        help="read a sample of every shard and print what the consumer would make of it",
+        description="Read up to --limit records of every shard (from --since, within --timeout; read-only: no "
+        "lease table, no store) with the identity `run` reads with, and judge them with the dataset's format, "
+        "schema and lateness as the consumer would: per shard and overall, rows, dead letters by reason with "
+        "an example each, the event-time range, how many are late under max_lateness, and a max_lateness that "
+        "would keep --keep of them. Exit status 1 if any sampled record would be a dead letter.",
+    )
+    preflight.add_argument("dataset", metavar="MODULE:DATASET", help=_DATASET_HELP)
+    preflight.add_argument(
+        "--since",
+        type=_at,
+        default=None,
+        help=f"read from this arrival time: {_TIME_HELP} (default: 1h back)",
+    )
+    preflight.add_argument("--limit", type=_positive_int, default=1000, help="records per shard (default 1000)")
+    preflight.add_argument(
+        "--timeout", type=_positive_float, default=30.0, help="seconds for the whole reading (default 30)"
+    )
+    preflight.add_argument(
+        "--keep", type=_share, default=0.99, help='share of rows the suggested max_lateness keeps (default "99%%")'
+    )
+    preflight.add_argument(
+        "--application-name",
+        default=None,
+        help="names the role session, as `run` does (default: thyme-<dataset>-<stream>)",
+    )
+    preflight.add_argument(
+        "--sts-endpoint-url", default=None, help="STS endpoint for assuming role_arn ($THYME_STS_ENDPOINT_URL)"
+    )
+    preflight.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    preflight.set_defaults(handler=_cmd_kinesis_preflight)
     dead = kinesis_commands.add_parser(
         "dead-letters",
         help="list dead letters (JSON lines) or re-drive them",
