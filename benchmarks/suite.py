@@ -2,7 +2,7 @@
 
     benchmarks/run                          # everything (~30 min; prefills once, cached)
     benchmarks/run --quick                  # fewer batches, no 20M store, shorter e2e
-    benchmarks/run --only throughput,lookup # a subset: throughput lookup memory scaling e2e
+    benchmarks/run --only throughput,lookup # a subset: throughput formats lookup memory scaling e2e
 
 Sections (each figure is the median of ``--repeat`` runs, default 5; comparisons alternate
 run by run inside one invocation):
@@ -13,6 +13,8 @@ run by run inside one invocation):
    the line + ``json.loads`` the envelope + reply) and the peer child (Powertools' Kinesis
    batch processor + pydantic model + ``executemany``) in the same runs; two children on two
    shards of the same store at once against one.
+   formats — the same events as gzip JSON, CloudWatch Logs subscription records (20 events per
+   record) and CloudFront real-time log lines, beside plain JSON in the same runs (SQLite, 5M rows).
 2. lookup — p50/p99 of single-key lookups (as of now, as of a past time) in a separate
    process while a child writes, on the same stores; and a threaded server's load: 1, 4 and
    16 threads sharing one store, lookups/s and p50/p99.
@@ -46,9 +48,9 @@ for entry in (str(REPO), str(BENCH)):
 
 from context import Context  # noqa: E402
 from processor import log  # noqa: E402
-from sections import e2e, lookup, memory, scaling, throughput  # noqa: E402
+from sections import e2e, formats, lookup, memory, scaling, throughput  # noqa: E402
 
-SECTIONS: Final = ("throughput", "lookup", "memory", "scaling", "e2e")
+SECTIONS: Final = ("throughput", "formats", "lookup", "memory", "scaling", "e2e")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = Context(args, Path(tmp))
         steps: dict[str, Callable[[Context], None]] = {
             "throughput": throughput.throughput,
+            "formats": formats.formats,
             "lookup": lookup.lookup,
             "memory": memory.memory,
             "scaling": scaling.scaling,

@@ -29,7 +29,7 @@ from thyme.duration import format_duration
 from thyme.kinesis.aws import calling
 from thyme.kinesis.kpl import deaggregate
 from thyme.records import Fanout, LatenessPolicy, RecordRules, Rejected
-from thyme.records.formats import compression_of, decompress
+from thyme.records.formats import Decompressed, compression_of, decompress
 from thyme.schema import DatasetSchema
 from thyme.times import from_us, iso, to_us
 
@@ -236,8 +236,8 @@ def escaped(raw: bytes) -> str:
     prefix = ""
     if kind is not None:
         unpacked = decompress(raw, kind)
-        if unpacked.reason is None:
-            prefix, raw = f"({kind}, {len(raw)} bytes) ", unpacked.data
+        if not isinstance(unpacked, Decompressed):
+            prefix, raw = f"({kind}, {len(raw)} bytes) ", unpacked
     text = raw[: EXAMPLE_CHARS * 4].decode("utf-8", "backslashreplace")
     return prefix + (text if len(text) <= EXAMPLE_CHARS else text[:EXAMPLE_CHARS] + "…")
 

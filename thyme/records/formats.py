@@ -73,31 +73,30 @@ def compression_of(raw: bytes) -> str | None:
 
 
 class Decompressed:
-    """The outcome of :func:`decompress`: ``data``, or a ``reason`` and its ``detail``."""
+    """Why :func:`decompress` failed: a ``reason`` and its ``detail``."""
 
-    __slots__ = ("data", "detail", "reason")
+    __slots__ = ("detail", "reason")
 
-    def __init__(self, data: bytes = b"", reason: str | None = None, detail: str | None = None) -> None:
-        self.data = data
+    def __init__(self, reason: str, detail: str) -> None:
         self.reason = reason
         self.detail = detail
 
 
-def decompress(raw: bytes, kind: str) -> Decompressed:
+def decompress(raw: bytes, kind: str) -> bytes | Decompressed:  # noqa: PLR0911 - one return per outcome
     """Decompress a gzip (every member, as ``gunzip`` does) or zlib record, never holding more than
-    the bound (:data:`MAX_DECOMPRESSED_BYTES`, :data:`MAX_RATIO`) in memory."""
+    the bound (:data:`MAX_DECOMPRESSED_BYTES`, :data:`MAX_RATIO`) in memory: the bytes, or a
+    :class:`Decompressed` with the reason it failed."""
     limit = min(MAX_DECOMPRESSED_BYTES, max(RATIO_FREE_BYTES, MAX_RATIO * len(raw)))
-    parts: list[bytes] = []
-    size = 0
-    rest = raw
+    engine = zlib.decompressobj(wbits=31 if kind == GZIP else 15)
+    try:
+        first = engine.decompress(raw, limit + 1)
+    except zlib.error as exc:
+        return _failed(INVALID_COMPRESSION, kind, raw, str(exc))
+    if engine.eof and not engine.unused_data and len(first) <= limit:
+        return first  # one member, within the bound: the common case
+    parts = [first]
+    size = len(first)
     while True:
-        engine = zlib.decompressobj(wbits=31 if kind == GZIP else 15)
-        try:
-            part = engine.decompress(rest, limit - size + 1)
-        except zlib.error as exc:
-            return _failed(INVALID_COMPRESSION, kind, raw, str(exc))
-        size += len(part)
-        parts.append(part)
         if size > limit or engine.unconsumed_tail:
             return Decompressed(
                 reason=DECOMPRESSED_TOO_LARGE,
@@ -109,9 +108,16 @@ def decompress(raw: bytes, kind: str) -> Decompressed:
             return _failed(TRUNCATED_COMPRESSION, kind, raw, "the compressed data ends early")
         rest = engine.unused_data
         if not rest:
-            return Decompressed(b"".join(parts))
+            return b"".join(parts)
         if kind != GZIP or rest[:2] != b"\x1f\x8b":
             return _failed(INVALID_COMPRESSION, kind, raw, f"{len(rest)} bytes after the end of the compressed data")
+        engine = zlib.decompressobj(wbits=31)
+        try:
+            part = engine.decompress(rest, limit - size + 1)
+        except zlib.error as exc:
+            return _failed(INVALID_COMPRESSION, kind, raw, str(exc))
+        size += len(part)
+        parts.append(part)
 
 
 def _failed(reason: str, kind: str, raw: bytes, error: str) -> Decompressed:
@@ -178,9 +184,9 @@ class LogEvents:
         kind = compression_of(raw)
         if kind is not None:
             unpacked = decompress(raw, kind)
-            if unpacked.reason is not None:
+            if isinstance(unpacked, Decompressed):
                 return unpacked.reason, unpacked.detail
-            raw = unpacked.data
+            raw = unpacked
         try:
             return _envelope.decode(raw)
         except msgspec.ValidationError as exc:

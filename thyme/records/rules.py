@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from thyme.connectors.formats import CLOUDFRONT_REALTIME, CLOUDWATCH_LOGS, FormatSpec
 from thyme.records.decode import INVALID_JSON, INVALID_UTF8, Accepted, RecordDecoder
 from thyme.records.formats import (
     CONTROL_MESSAGE,
     DATA_MESSAGE,
+    GZIP,
     INVALID_ENVELOPE,
+    ZLIB,
     CloudFrontLines,
+    Decompressed,
     Fanout,
     LogEvents,
     Rejected,
@@ -23,6 +26,8 @@ from thyme.records.formats import (
 )
 from thyme.records.lateness import FUTURE_TIMESTAMP, LATE, LatenessPolicy
 from thyme.schema import DatasetSchema
+
+_GZIP_MAGIC: Final = b"\x1f\x8b"
 
 Verdict = Accepted | str | Fanout
 """What :meth:`RecordRules.judge` gives for one record: a row, a dead-letter reason, or (formats
@@ -82,19 +87,25 @@ class RecordRules:
         self._decode = self.decoder.decode
 
     def _judge_json(self, raw: bytes, arrival_ms: int, watermark_us: int | None) -> Accepted | str:
+        if raw[:2] == _GZIP_MAGIC:  # a producer's gzip: decompressed before anything else
+            return self._judge_compressed(raw, GZIP, arrival_ms, watermark_us)
         result = self._decode(raw)
         if isinstance(result, str):
-            # Compressed bytes are never JSON: only a record that failed is looked at again.
-            if result not in (INVALID_JSON, INVALID_UTF8) or (kind := compression_of(raw)) is None:
+            # zlib is looked for only once a record failed to parse: plain JSON pays nothing for it
+            if result not in (INVALID_JSON, INVALID_UTF8) or compression_of(raw) is None:
                 return result
-            unpacked = decompress(raw, kind)
-            if unpacked.reason is not None:
-                self._detail = unpacked.detail
-                return unpacked.reason
-            result = self._decode(unpacked.data)
-            if isinstance(result, str):
-                self._detail = f'{{"compression":"{kind}"}}'
-                return result
+            return self._judge_compressed(raw, ZLIB, arrival_ms, watermark_us)
+        return self._timely(result, arrival_ms, watermark_us)
+
+    def _judge_compressed(self, raw: bytes, kind: str, arrival_ms: int, watermark_us: int | None) -> Accepted | str:
+        unpacked = decompress(raw, kind)
+        if isinstance(unpacked, Decompressed):
+            self._detail = unpacked.detail
+            return unpacked.reason
+        result = self._decode(unpacked)
+        if isinstance(result, str):
+            self._detail = f'{{"compression":"{kind}"}}'
+            return result
         return self._timely(result, arrival_ms, watermark_us)
 
     def _judge_cloudfront(self, raw: bytes, arrival_ms: int, watermark_us: int | None) -> Accepted | str:
