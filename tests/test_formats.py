@@ -479,3 +479,24 @@ def test_redrive_of_a_log_event_keeps_its_envelope_fields(store: Store) -> None:
     assert row is not None
     assert json.loads(row)["log_group"] == "/ecs/api"
     assert json.loads(row)["timestamp"] == "2024-05-01T12:00:00Z"
+
+
+def test_dead_letters_list_shows_a_compressed_payload_decompressed(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.factories import SourcedClick, feed_of
+    from thyme.cli import main
+    from thyme.store import open_store
+
+    url = f"sqlite:///{tmp_path / 'letters.db'}"
+    store = open_store(url)
+    w = ShardWorker(feed_of(SourcedClick), POLICY, store)
+    w.initialize("shardId-000000000000")
+    w.process([record(1, gzip.compress(b'{"user_id": 7}')), record(2, b"\xff plain")])
+    store.close()
+    assert main(["kinesis", "dead-letters", "tests.factories:SourcedClick", "--store", url]) == 0
+    first, second = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert (first["payload"], first["payload_compression"]) == ('{"user_id": 7}', "gzip")
+    assert first["detail"] == "the record was gzip-compressed; this is what it held once decompressed"
+    assert second["payload"] == "\\xff plain"
+    assert "payload_compression" not in second

@@ -122,6 +122,17 @@ def _cmd_kinesis_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _payload(raw: bytes) -> dict[str, object]:
+    from thyme.records.formats import Decompressed, compression_of, decompress
+
+    kind = compression_of(raw)
+    if kind is not None:
+        unpacked = decompress(raw, kind)
+        if not isinstance(unpacked, Decompressed):
+            return {"payload": unpacked.decode("utf-8", "backslashreplace"), "payload_compression": kind}
+    return {"payload": raw.decode("utf-8", "backslashreplace")}
+
+
 def _cmd_kinesis_preflight(args: argparse.Namespace) -> int:
     from thyme.connectors.source import source_spec
     from thyme.errors import LoadError
@@ -245,8 +256,9 @@ def _cmd_kinesis_dead_letters(args: argparse.Namespace) -> int:
             "arrival_ms": letter.arrival_ms,
             "recorded_at_us": letter.recorded_at_us,
             "redriven_at_us": letter.redriven_at_us,
-            # the payload as text with undecodable bytes escaped (\xNN), never raw to a terminal
-            "payload": letter.raw.decode("utf-8", "backslashreplace"),
+            # the payload as text with undecodable bytes escaped (\xNN), never raw to a terminal;
+            # a compressed one as what it holds (decompressed within the consumer's bounds)
+            **_payload(letter.raw),
         }
         sys.stdout.write(msgspec.json.encode(entry).decode() + "\n")
     return 0 if letters or args.reason is None else _no_such_reason(args.reason, held)

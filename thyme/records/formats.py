@@ -149,8 +149,28 @@ class Fanout(list[Accepted | Rejected]):
     control = False
 
 
-class _Envelope(msgspec.Struct):
+class _Event(msgspec.Struct):
+    id: str
+    timestamp: int
+    message: str
+
+
+class Envelope(msgspec.Struct):
+    """A subscription record, its events decoded (the common case: one pass)."""
+
     messageType: str  # noqa: N815 - CloudWatch's names
+    owner: str = ""
+    logGroup: str = ""  # noqa: N815
+    logStream: str = ""  # noqa: N815
+    subscriptionFilters: list[str] = msgspec.field(default_factory=list)  # noqa: N815
+    logEvents: list[_Event] = msgspec.field(default_factory=list)  # noqa: N815
+
+
+class _LooseEnvelope(msgspec.Struct):
+    """The same record with its events left as bytes: for a record with a malformed event, and to
+    give a rejected event its own bytes."""
+
+    messageType: str  # noqa: N815
     owner: str = ""
     logGroup: str = ""  # noqa: N815
     logStream: str = ""  # noqa: N815
@@ -158,14 +178,35 @@ class _Envelope(msgspec.Struct):
     logEvents: list[msgspec.Raw] = msgspec.field(default_factory=list)  # noqa: N815
 
 
-class _Event(msgspec.Struct):
-    id: str
-    timestamp: int
-    message: str
-
-
-_envelope = msgspec.json.Decoder(_Envelope)
+_typed = msgspec.json.Decoder(Envelope)
+_loose = msgspec.json.Decoder(_LooseEnvelope)
 _event = msgspec.json.Decoder(_Event)
+
+
+class Opened:
+    """A subscription record opened: its envelope, the JSON it came in, and (once asked for) each
+    event's own bytes."""
+
+    __slots__ = ("_raws", "body", "envelope", "events")
+
+    def __init__(self, envelope: Envelope | _LooseEnvelope, body: bytes) -> None:
+        self.envelope = envelope
+        self.body = body
+        self._raws: list[msgspec.Raw] | None = None
+        self.events: list[_Event] | None = envelope.logEvents if isinstance(envelope, Envelope) else None
+        """The decoded events; None when one of them is malformed (then each is decoded alone)."""
+        if not isinstance(envelope, Envelope):
+            self._raws = envelope.logEvents
+
+    def raw_event(self, index: int) -> bytes:
+        """Event ``index``'s bytes as they are in the record."""
+        if self._raws is None:
+            self._raws = _loose.decode(self.body).logEvents
+        return bytes(self._raws[index])
+
+    @property
+    def count(self) -> int:
+        return len(self.envelope.logEvents)
 
 
 class LogEvents:
@@ -175,12 +216,17 @@ class LogEvents:
         names = {f.name for f in schema.fields}
         self._ts = schema.timestamp_field.name
         self._from_envelope = [
-            (name, CLOUDWATCH_ENVELOPE_FIELDS[name]) for name in CLOUDWATCH_ENVELOPE_FIELDS if name in names
+            (name, key) for name, key in CLOUDWATCH_ENVELOPE_FIELDS.items() if name in names and key != "id"
         ]
-        self.decoder = RecordDecoder(schema, supplied=frozenset([self._ts, *(n for n, _ in self._from_envelope)]))
+        self._id_field = "log_event_id" if "log_event_id" in names else None
+        supplied = [self._ts, *(n for n, _ in self._from_envelope), *([self._id_field] if self._id_field else [])]
+        self.decoder = RecordDecoder(schema, supplied=frozenset(supplied))
+        self._values: list[tuple[str, str]] = []
+        self._current = _Event("", 0, "")
+        self._fill = self._fill_record  # bound once: the hot path passes it per event
 
-    def envelope(self, raw: bytes) -> _Envelope | tuple[str, str | None]:
-        """The envelope of a record (decompressed if it is), or ``(reason, detail)``."""
+    def open(self, raw: bytes) -> Opened | tuple[str, str | None]:
+        """A record's envelope (decompressed if it is), or ``(reason, detail)``."""
         kind = compression_of(raw)
         if kind is not None:
             unpacked = decompress(raw, kind)
@@ -188,37 +234,48 @@ class LogEvents:
                 return unpacked.reason, unpacked.detail
             raw = unpacked
         try:
-            return _envelope.decode(raw)
-        except msgspec.ValidationError as exc:
-            return INVALID_ENVELOPE, json.dumps({"error": str(exc)})
+            return Opened(_typed.decode(raw), raw)
+        except msgspec.ValidationError:
+            pass  # an event without its fields, or not an envelope at all: see below
         except msgspec.DecodeError:
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError:
                 return INVALID_UTF8, None
             return INVALID_JSON, None
-
-    def event(self, raw: bytes, context: dict[str, Any]) -> tuple[Accepted | str, str | None]:
-        """One log event (its raw bytes) from an envelope whose ``owner``, ``logGroup`` and
-        ``logStream`` are in ``context``: the row or the reason, and the reason's detail."""
         try:
-            event = _event.decode(raw)
+            return Opened(_loose.decode(raw), raw)
+        except msgspec.ValidationError as exc:
+            return INVALID_ENVELOPE, json.dumps({"error": str(exc)})
+
+    def begin(self, context: Envelope | _LooseEnvelope | dict[str, Any]) -> None:
+        """Take the envelope values of the events that follow (an envelope, or a dead letter's detail)."""
+        get = context.get if isinstance(context, dict) else lambda key, default: getattr(context, key, default)
+        self._values = [(name, str(get(key, "") or "")) for name, key in self._from_envelope]
+
+    def parse(self, raw: bytes) -> _Event | tuple[str, str]:
+        """One event's bytes decoded, or ``(invalid_log_event, detail)``."""
+        try:
+            return _event.decode(raw)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             return INVALID_LOG_EVENT, json.dumps({"error": str(exc)})
-        values = [(name, event.id if key == "id" else context.get(key, "")) for name, key in self._from_envelope]
-        ts_field = self._ts
-        fallback_ms = event.timestamp
 
-        def fill(record: Any) -> None:
-            for name, value in values:
-                setattr(record, name, value)
-            if getattr(record, ts_field) is None:
-                setattr(record, ts_field, fallback_ms)
+    def row(self, event: _Event) -> Accepted | str:
+        """The row of one event of the envelope given to :meth:`begin`, or the reason it is none."""
+        self._current = event
+        return self.decoder.decode(event.message.encode("utf-8", "surrogatepass"), self._fill)
 
-        return self.decoder.decode(event.message.encode("utf-8", "surrogatepass"), fill), None
+    def _fill_record(self, record: Any) -> None:
+        for name, value in self._values:
+            setattr(record, name, value)
+        event = self._current
+        if self._id_field is not None:
+            setattr(record, self._id_field, event.id)
+        if getattr(record, self._ts) is None:
+            setattr(record, self._ts, event.timestamp)
 
 
-def envelope_context(envelope: _Envelope, index: int) -> dict[str, Any]:
+def envelope_context(envelope: Envelope | _LooseEnvelope, index: int) -> dict[str, Any]:
     """What a dead letter of event ``index`` keeps of its envelope (in its detail)."""
     return {
         "owner": envelope.owner,

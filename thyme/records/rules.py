@@ -126,10 +126,11 @@ class RecordRules:
     def _judge_log_events(self, raw: bytes, arrival_ms: int, watermark_us: int | None) -> Fanout | str:
         logs = self._logs
         assert logs is not None
-        envelope = logs.envelope(raw)
-        if isinstance(envelope, tuple):
-            self._detail = envelope[1]
-            return envelope[0]
+        opened = logs.open(raw)
+        if isinstance(opened, tuple):
+            self._detail = opened[1]
+            return opened[0]
+        envelope = opened.envelope
         out = Fanout()
         if envelope.messageType == CONTROL_MESSAGE:
             out.control = True
@@ -137,14 +138,21 @@ class RecordRules:
         if envelope.messageType != DATA_MESSAGE:
             self._detail = json.dumps({"messageType": envelope.messageType})
             return INVALID_ENVELOPE
-        context = {"owner": envelope.owner, "logGroup": envelope.logGroup, "logStream": envelope.logStream}
+        logs.begin(envelope)
         watermark = watermark_us
         judge = self._judge
-        for index, event_raw in enumerate(envelope.logEvents):
-            event = bytes(event_raw)
-            result, detail = logs.event(event, context)
+        row = logs.row
+        events = opened.events
+        for index in range(opened.count):
+            detail = None
+            if events is not None:
+                result: Accepted | str = row(events[index])
+            else:  # one of the events is malformed: each is decoded alone
+                parsed = logs.parse(opened.raw_event(index))
+                result, detail = (parsed[0], parsed[1]) if isinstance(parsed, tuple) else (row(parsed), None)
             if isinstance(result, str):
-                out.append(Rejected(result, event, _merged(envelope_context(envelope, index), detail)))
+                context = envelope_context(envelope, index)
+                out.append(Rejected(result, opened.raw_event(index), _merged(context, detail)))
                 continue
             late = judge(result[1], arrival_ms, watermark)
             if late is None:
@@ -153,7 +161,9 @@ class RecordRules:
                     watermark = result[1]
                 continue
             facts = self.lateness.facts(late, result[1], arrival_ms, watermark)
-            out.append(Rejected(late, event, _merged(envelope_context(envelope, index), facts), result[1]))
+            out.append(
+                Rejected(late, opened.raw_event(index), _merged(envelope_context(envelope, index), facts), result[1])
+            )
         return out
 
     def judge_dead_letter(self, raw: bytes, detail: str | None, arrival_ms: int) -> Accepted | str:
@@ -167,8 +177,11 @@ class RecordRules:
             known = json.loads(detail) if detail else {}
         except ValueError:
             known = {}
-        context = known if isinstance(known, dict) else {}
-        result, _ = self._logs.event(raw, context)
+        parsed = self._logs.parse(raw)
+        if isinstance(parsed, tuple):
+            return parsed[0]
+        self._logs.begin(known if isinstance(known, dict) else {})
+        result = self._logs.row(parsed)
         if isinstance(result, str):
             return result
         return self._timely(result, arrival_ms, None)

@@ -84,7 +84,9 @@ class DeadLetter:
     raw: bytes
     reason: str
     """``invalid_base64``, ``invalid_utf8``, ``invalid_json``, ``not_an_object``,
-    ``schema: <field>: <what>``, ``late``, ``future_timestamp``."""
+    ``schema: <field>: <what>``, ``late``, ``future_timestamp``; and the formats' own
+    (``thyme/records/formats.py``): ``decompressed_too_large``, ``invalid_compression``,
+    ``truncated_compression``, ``invalid_envelope``, ``invalid_log_event``, ``wrong_field_count``."""
     arrival_ms: int | None
     recorded_at_us: int = 0
     """Filled in by the store when read back."""
@@ -95,9 +97,11 @@ class DeadLetter:
     stream: str = ""
     """The stream it was read from (filled in when read back; written from the batch's feed)."""
     detail: str | None = None
-    """The numbers behind a ``late`` or ``future_timestamp`` reason, as a small JSON object (the
-    event time, the watermark or the arrival time, the bound; ``thyme.records.describe`` words
-    it). The reason stays the class, so it counts and filters as before."""
+    """The facts behind the reason, as a small JSON object: for ``late`` or ``future_timestamp``
+    the event time, the watermark or the arrival time and the bound; for a format's reasons the
+    sizes, counts or error; for a CloudWatch Logs event its envelope (log group, stream, owner),
+    which re-drive reads back (``thyme.records.describe`` words it all). The reason stays the
+    class, so it counts and filters as before."""
 
 
 @dataclass(frozen=True)
