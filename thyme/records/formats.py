@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any, Final
 
 import msgspec
@@ -292,7 +293,12 @@ class CloudFrontLines:
     def __init__(self, schema: DatasetSchema, fields: tuple[str, ...]) -> None:
         names = {f.name for f in schema.fields}
         self.count = len(fields)
-        self._columns = [(i, column) for i, name in enumerate(fields) if (column := dataset_field_name(name)) in names]
+        columns = [(i, column) for i, name in enumerate(fields) if (column := dataset_field_name(name)) in names]
+        self._names = [column for _, column in columns]
+        indexes = [i for i, _ in columns]
+        self._pick = itemgetter(*indexes) if len(indexes) > 1 else (lambda values: (values[indexes[0]],))
+        self._split_at = max(indexes) + 1
+        """Only the columns up to the last one the dataset uses are split out (the count is checked first)."""
         self.decoder = RecordDecoder(schema)
         self._convert: Callable[[dict[str, str | None]], Accepted | str] = self.decoder.convert
 
@@ -304,7 +310,8 @@ class CloudFrontLines:
             return INVALID_UTF8, None
         if line.endswith("\n"):
             line = line[:-2] if line.endswith("\r\n") else line[:-1]
-        values = line.split("\t")
-        if len(values) != self.count:
-            return WRONG_FIELD_COUNT, f'{{"expected_fields":{self.count},"got_fields":{len(values)}}}'
-        return self._convert({column: None if (v := values[i]) == "-" else v for i, column in self._columns}), None
+        got = line.count("\t") + 1
+        if got != self.count:
+            return WRONG_FIELD_COUNT, f'{{"expected_fields":{self.count},"got_fields":{got}}}'
+        picked = self._pick(line.split("\t", self._split_at))
+        return self._convert({n: None if v == "-" else v for n, v in zip(self._names, picked, strict=True)}), None
