@@ -242,7 +242,7 @@ def test_version_names_ours_and_the_daemons(
         main(["--version"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"thyme-kinesis 0.1.0; KCL MultiLangDaemon 3.1.3 ({tmp_path}); Python ")
+    assert out.startswith(f"thyme-kinesis 0.2.0; KCL MultiLangDaemon 3.1.3 ({tmp_path}); Python ")
     (tmp_path / "amazon-kinesis-client-multilang-3.1.3.jar").unlink()
     with pytest.raises(SystemExit):
         main(["--version"])

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from thyme.serving import lookup, lookup_many
 
 __all__ = ["ConfigError", "DatasetSchema", "Field", "Secret", "ThymeError", "dataset", "field", "lookup", "lookup_many"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 T = TypeVar("T")
 

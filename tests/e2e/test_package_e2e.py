@@ -1,7 +1,11 @@
 """Installed as a user installs it, and as the image is built: the wheel, a fresh virtualenv, a
-JRE and nothing else.
+JRE and nothing else; then upgraded as the README says.
 
-Built from this tree with ``python -m build`` (the sdist, then the wheel from it), installed with pip (not editable, nothing of the source tree on the path);
+First the previous release (the ``v0.1.0`` tag, built from ``git archive``) is installed and
+consumes a stream into a store; then this tree, built with ``python -m build`` (the sdist, then
+the wheel from it), is installed over it with ``pip install -U`` (not editable, nothing of the
+source tree on the path) and carries on from the same store: every record once across the
+upgrade, the old release's dead letters still there.
 ``thyme kinesis install-jars --into DIR`` fetches the pinned daemon classpath from Maven Central
 and ``--verify`` checks it, as the Dockerfile's build stage does; then, with the image's
 ``THYME_KCL_CLASSPATH=DIR`` and ``THYME_KCL_AUTO_INSTALL=0``, a consumer runs against the local
@@ -11,13 +15,16 @@ install-jars: ``tests/test_jars.py``, over real HTTP.)
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import tarfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +40,66 @@ def run(argv: list[str], env: dict[str, str], cwd: Path, timeout: float = 120) -
     return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def test_the_wheel_in_a_fresh_virtualenv_fetches_its_jars_and_consumes(
+PREVIOUS = "v0.1.0"
+"""The release the upgrade starts from (a tag in this repository)."""
+
+
+def consume(
+    thyme: str, env: dict[str, str], cwd: Path, app: Path, store: str, application: str, until: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Run a consumer until a lookup sees ``until`` (the last record put), SIGTERM it; its log lines."""
+    log = cwd / f"consumer-{application}-{time.monotonic_ns()}.log"
+    with log.open("wb") as out:
+        consumer = subprocess.Popen(
+            [thyme, "kinesis", "run", f"{app}:Clicks", "--store", store, "--application-name", application],
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            found = run([thyme, "lookup", f"{app}:Clicks", until["user_id"], "--store", store], env, cwd)
+            if found.returncode == 0 and json.loads(found.stdout)["n"] == until["n"]:
+                break
+            assert consumer.poll() is None, log.read_text()[-4000:]
+            assert time.monotonic() < deadline, log.read_text()[-4000:]
+            time.sleep(1)
+        consumer.send_signal(signal.SIGTERM)
+        assert consumer.wait(90) == 0, log.read_text()[-4000:]
+    finally:
+        if consumer.poll() is None:
+            consumer.kill()
+            consumer.wait()
+    return [json.loads(line) for line in log.read_text().splitlines()]  # every line one JSON object
+
+
+def test_the_wheel_in_a_fresh_virtualenv_fetches_its_jars_and_consumes_then_upgrades(
     aws: dict[str, str], kinesis: Any, tmp_path: Path
 ) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "THYME_KCL_CLASSPATH")}
-    # the sdist, then the wheel from the sdist: both must carry everything the launcher needs
+    # the previous release, from its tag
+    previous_src = tmp_path / "previous-src"
+    previous_src.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", PREVIOUS], capture_output=True, check=False
+    )
+    assert archive.returncode == 0, (
+        f"cannot read the {PREVIOUS} tag ({archive.stderr.decode(errors='replace').strip()}): "
+        "clone with tags (git fetch --tags)"
+    )
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(previous_src, filter="data")
+    built_previous = run(
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path / "dist-previous"), str(previous_src)],
+        env,
+        tmp_path,
+        INSTALL_TIMEOUT_S,
+    )
+    assert built_previous.returncode == 0, built_previous.stderr[-3000:]
+    (previous_wheel,) = (tmp_path / "dist-previous").glob("thyme_kinesis-*.whl")
+    # this tree: the sdist, then the wheel from the sdist: both must carry everything the launcher needs
     built = run(
         [sys.executable, "-m", "build", "--outdir", str(tmp_path / "dist"), str(REPO)],
         env,
@@ -47,14 +109,14 @@ def test_the_wheel_in_a_fresh_virtualenv_fetches_its_jars_and_consumes(
     assert built.returncode == 0, built.stderr
     (wheel,) = (tmp_path / "dist").glob("thyme_kinesis-*.whl")
     (sdist,) = (tmp_path / "dist").glob("thyme_kinesis-*.tar.gz")
-    with tarfile.open(sdist) as archive:
-        names = archive.getnames()
+    with tarfile.open(sdist) as archived:
+        names = archived.getnames()
     for needed in ("thyme/kinesis/kcl-classpath.lock", "thyme/kinesis/logback.xml", "record_processor/py.typed"):
         assert f"{sdist.name.removesuffix('.tar.gz')}/{needed}" in names
     venv = tmp_path / "venv"
     assert run([sys.executable, "-m", "venv", str(venv)], env, tmp_path).returncode == 0
     python, thyme = str(venv / "bin" / "python"), str(venv / "bin" / "thyme")
-    installed = run([python, "-m", "pip", "install", "-q", str(wheel)], env, tmp_path, INSTALL_TIMEOUT_S)
+    installed = run([python, "-m", "pip", "install", "-q", str(previous_wheel)], env, tmp_path, INSTALL_TIMEOUT_S)
     assert installed.returncode == 0, installed.stderr[-3000:]
 
     where = run(
@@ -82,38 +144,34 @@ def test_the_wheel_in_a_fresh_virtualenv_fetches_its_jars_and_consumes(
 
     stream = unique("e2e-wheel")
     arn = streams.create_stream(kinesis, stream, 1)
-    sent = events(0, 20)
-    produce(kinesis, stream, sent)
+    application = unique("e2e-wheel")
+    first = events(0, 20)
+    produce(kinesis, stream, first[:10])
+    produce(kinesis, stream, [("u1", b"{not json")])
+    produce(kinesis, stream, first[10:])
     app = write_app(tmp_path, arn)
     store = f"sqlite:///{tmp_path / 'thyme.db'}"
-    log = tmp_path / "consumer.log"
-    with log.open("wb") as out:
-        consumer = subprocess.Popen(
-            [thyme, "kinesis", "run", f"{app}:Clicks", "--store", store, "--application-name", unique("e2e-wheel")],
-            env=env,
-            cwd=tmp_path,
-            stdout=out,
-            stderr=out,
-        )
-    try:
-        last = sent[-1]
-        deadline = time.monotonic() + 240
-        while True:
-            found = run([thyme, "lookup", f"{app}:Clicks", last["user_id"], "--store", store], env, tmp_path)
-            if found.returncode == 0 and json.loads(found.stdout)["n"] == last["n"]:
-                break
-            assert consumer.poll() is None, log.read_text()[-4000:]
-            assert time.monotonic() < deadline, log.read_text()[-4000:]
-            time.sleep(1)
-        consumer.send_signal(signal.SIGTERM)
-        assert consumer.wait(90) == 0, log.read_text()[-4000:]
-    finally:
-        if consumer.poll() is None:
-            consumer.kill()
-            consumer.wait()
-    lines = [json.loads(line) for line in log.read_text().splitlines()]  # every line one JSON object
+    consume(thyme, env, tmp_path, app, store, application, first[-1])
+
+    # the upgrade, as the README says: pip install -U; the same store, lease table and jars
+    upgraded = run([python, "-m", "pip", "install", "-q", "-U", str(wheel)], env, tmp_path, INSTALL_TIMEOUT_S)
+    assert upgraded.returncode == 0, upgraded.stderr[-3000:]
+    version = run([thyme, "--version"], env, tmp_path)
+    assert version.stdout.startswith("thyme-kinesis 0.2.0; KCL MultiLangDaemon 3.1.3"), version.stdout
+    second = events(20, 20)
+    produce(kinesis, stream, second)
+    lines = consume(thyme, env, tmp_path, app, store, application, second[-1])
     messages = [line["message"] for line in lines if "message" in line]
     assert "fetching the KCL classpath" not in messages  # nothing downloaded at run time
     assert "shard handed over after a requested shutdown" in messages
     assert jars.verify(kcl, jars.read_lock()) == []
     assert not cache.exists()
+
+    db = sqlite3.connect(tmp_path / "thyme.db")
+    try:
+        applied = Counter(n for (n,) in db.execute("SELECT json_extract(row, '$.n') FROM ds_Clicks_v1"))
+    finally:
+        db.close()
+    assert applied == Counter(range(40)), "every record once across the upgrade"
+    listed = run([thyme, "kinesis", "dead-letters", f"{app}:Clicks", "--store", store], env, tmp_path)
+    assert [json.loads(line)["payload"] for line in listed.stdout.splitlines()] == ["{not json"]
