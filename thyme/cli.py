@@ -87,6 +87,7 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
         bootstrap_leases=getattr(args, "bootstrap_leases", True),
         check_environment=getattr(args, "check_environment", True),
         environment_check_s=getattr(args, "environment_check_s", 30.0),
+        leader_stale_s=(getattr(args, "leader_stale_s", None) or None) if "leader_stale_s" in given else None,
         log_level=_log_level(args.log_level) if "log_level" in given else "info",
         **daemon,
     )
@@ -114,11 +115,11 @@ def _cmd_kinesis_status(args: argparse.Namespace) -> int:
     from thyme.kinesis.status import as_json, as_table, status
     from thyme.loader import load_dataset
 
-    rows, reasons = status(load_dataset(args.dataset), _run_options(args))
+    rows, reasons, leader = status(load_dataset(args.dataset), _run_options(args))
     if args.json:
-        sys.stdout.write(msgspec.json.encode(as_json(rows, reasons)).decode() + "\n")
+        sys.stdout.write(msgspec.json.encode(as_json(rows, reasons, leader)).decode() + "\n")
     else:
-        sys.stdout.write(as_table(rows, reasons))
+        sys.stdout.write(as_table(rows, reasons, leader))
     return 0
 
 
@@ -189,6 +190,21 @@ def _share(value: str) -> float:
     if not 0 < share <= 1:
         raise argparse.ArgumentTypeError(f'not a share between 0 and 100%: {value!r} (write "99%" or 0.99)')
     return share
+
+
+def _leader_stale(value: str) -> float:
+    from thyme.kinesis.leader import MIN_STALE_AFTER_S
+
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if seconds != 0 and seconds < MIN_STALE_AFTER_S:
+        raise argparse.ArgumentTypeError(
+            f"not a number of seconds of at least {MIN_STALE_AFTER_S}, or 0: {value!r} (a live leader renews its "
+            "lock every 30 s)"
+        )
+    return seconds
 
 
 def _positive_int(value: str) -> int:
@@ -539,6 +555,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=float(os.environ.get("THYME_ENVIRONMENT_CHECK_S") or 30),
         help="how often a running consumer checks the stream ($THYME_ENVIRONMENT_CHECK_S, default 30)",
+    )
+    run.add_argument(
+        "--leader-stale-s",
+        type=_leader_stale,
+        default=_leader_stale(os.environ.get("THYME_LEADER_STALE_S") or "360"),
+        help="remove KCL's leader lock once it has gone unrenewed this long, so a live worker takes it "
+        "($THYME_LEADER_STALE_S; default 360, 3x the lock's lease; >= 45; 0: do not watch it)",
     )
     run.add_argument(
         "--progress",

@@ -51,6 +51,7 @@ from thyme.kinesis import jars
 from thyme.kinesis.aws import AwsError
 from thyme.kinesis.bootstrap import bootstrap_leases
 from thyme.kinesis.kcl_logs import KCL_LEVEL_ENV, KCL_LEVEL_FOR, convert
+from thyme.kinesis.leader import DEFAULT_STALE_AFTER_S, LeaderWatch, read_leader, remove_stale
 from thyme.kinesis.preflight import StreamWatch, Target, check_environment
 from thyme.kinesis.progress import Progress
 from thyme.kinesis.prometheus import PrometheusExporter
@@ -121,6 +122,9 @@ class RunOptions:
     """Before the daemon starts, check credentials, the stream, the shards and the lease table
     (``thyme.kinesis.preflight``); while it runs, describe the stream every ``environment_check_s``."""
     environment_check_s: float = 30.0
+    leader_stale_s: float | None = DEFAULT_STALE_AFTER_S
+    """Remove KCL's leader lock once it has gone unrenewed this long (``thyme.kinesis.leader``);
+    None: do not watch it."""
     max_fast_failures: int = 5
     """Give up after this many daemon exits, each within ``fast_failure_s`` of its start."""
     fast_failure_s: float = 60.0
@@ -507,6 +511,9 @@ def run(klass: type, options: RunOptions) -> int:
         supervisor.stop()
 
     watch = None if target is None else StreamWatch(target, options.environment_check_s, environment_failed).start()
+    leader = None if options.leader_stale_s is None else _leader_watch(the_plan.properties, options.leader_stale_s)
+    if leader is not None and supervisor.exporter is not None:
+        supervisor.exporter.leader_lock_age = lambda: leader.lock_age_s
     previous = {sig: signal.signal(sig, supervisor.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     redirected: list[tuple[logging.StreamHandler[TextIO], TextIO]] = []
     if supervisor.progress is not None:  # the launcher's own log lines go above the status line too
@@ -519,6 +526,8 @@ def run(klass: type, options: RunOptions) -> int:
     finally:
         if watch is not None:
             watch.close()
+        if leader is not None:
+            leader.close()
         for log_handler, stream in redirected:
             log_handler.setStream(stream)
         for sig, handler in previous.items():
@@ -526,6 +535,28 @@ def run(klass: type, options: RunOptions) -> int:
     if failed:
         raise failed[0]
     return code
+
+
+def _leader_watch(properties: KclProperties, stale_after_s: float) -> LeaderWatch:
+    """A started :class:`LeaderWatch` on the application's coordinator table (the consumer's own
+    identity and account, as the lease table)."""
+    import boto3
+
+    from thyme.kinesis.aws import client_config
+
+    client = boto3.client(
+        "dynamodb",
+        region_name=properties.region_name,
+        endpoint_url=properties.dynamodb_endpoint,
+        config=client_config(),
+    )
+    app = properties.application_name
+    return LeaderWatch(
+        lambda: read_leader(client, app),
+        lambda version: remove_stale(client, app, version),
+        interval_s=min(15.0, stale_after_s / 4),
+        stale_after_s=stale_after_s,
+    ).start()
 
 
 class _AboveStatus(io.TextIOBase):

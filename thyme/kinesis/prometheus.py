@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Final
@@ -60,6 +61,8 @@ class PrometheusExporter:
         self._lock = threading.Lock()
         self._shards: dict[str, _Shard] = {}
         self.daemon_starts = 0
+        self.leader_lock_age: Callable[[], float | None] | None = None
+        """Seconds since KCL's leader lock last changed (``thyme.kinesis.leader.LeaderWatch``)."""
         self._server: ThreadingHTTPServer | None = None
 
     def observe(self, line: str) -> None:
@@ -114,6 +117,15 @@ class PrometheusExporter:
             name = "thyme_daemon_starts_total"
             out += [f"# HELP {name} Times the launcher started the KCL daemon.", f"# TYPE {name} counter"]
             out.append(f'{name}{{dataset="{dataset}"}} {self.daemon_starts}')
+            age = None if self.leader_lock_age is None else self.leader_lock_age()
+            if age is not None:
+                name = "thyme_kcl_leader_lock_age_seconds"
+                out += [
+                    f"# HELP {name} Seconds since KCL's leader lock was last renewed, as this host saw it "
+                    "(a live leader renews it every 30 s).",
+                    f"# TYPE {name} gauge",
+                    f'{name}{{dataset="{dataset}"}} {_number(age)}',
+                ]
             return "\n".join(out) + "\n"
 
     def serve(self, address: str, port: int) -> int:

@@ -18,6 +18,7 @@ from thyme.connectors.source import source_spec
 from thyme.errors import LoadError
 from thyme.kinesis.aws import calling, check_stream, client_config, session_name, source_kinesis
 from thyme.kinesis.launcher import RunOptions, env_endpoint
+from thyme.kinesis.leader import read_leader
 from thyme.kinesis.properties import default_application_name
 from thyme.schema import dataset_schema
 from thyme.store import Feed, open_store
@@ -106,10 +107,43 @@ def read_worker_reports(table: str, region: str, endpoint_url: str | None) -> di
     return reports
 
 
+@dataclass(frozen=True)
+class LeaderStatus:
+    """Who holds KCL 3's leader lock (``<app>-CoordinatorState``), and whether it still reports."""
+
+    owner: str | None
+    """None: no worker holds it (KCL is starting, or the lock was just removed)."""
+    owner_last_seen: str | None = None
+    owner_gone: bool | None = None
+
+
+def read_leader_status(
+    table: str, region: str, endpoint_url: str | None, reports: dict[str, int], now: float
+) -> LeaderStatus | None:
+    """The leader from the coordinator table, with its liveness from ``reports``; None when the
+    table is missing or unreadable (KCL not started yet, an older KCL, a narrower policy)."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = boto3.client("dynamodb", region_name=region, endpoint_url=endpoint_url, config=client_config())
+    try:
+        lock = read_leader(client, table)
+    except (BotoCoreError, ClientError):
+        return None
+    if lock is None:
+        return None
+    seen = reports.get(lock.owner) if lock.owner else None
+    return LeaderStatus(
+        lock.owner,
+        None if seen is None else iso_from_us(seen * 1_000_000),
+        None if seen is None else now - seen > OWNER_GONE_AFTER_S,
+    )
+
+
 def status(
     klass: type, options: RunOptions, environ: Mapping[str, str] | None = None, now: float | None = None
-) -> tuple[list[ShardStatus], dict[str, int]]:
-    """Every shard known to the lease table or the store, and the dead letters by reason."""
+) -> tuple[list[ShardStatus], dict[str, int], LeaderStatus | None]:
+    """Every shard known to the lease table or the store, the dead letters by reason, and KCL's leader."""
     environ = os.environ if environ is None else environ
     schema, spec = dataset_schema(klass), source_spec(klass)
     if schema is None or spec is None:
@@ -123,6 +157,7 @@ def status(
     leases = read_leases(table, connector.region, endpoint)
     reports = read_worker_reports(table, connector.region, endpoint) if leases else {}
     now = time.time() if now is None else now
+    leader = read_leader_status(table, connector.region, endpoint, reports, now) if leases else None
     feed = Feed(schema, connector.stream_arn)
     store = open_store(options.store_url, create=False)
     try:
@@ -155,7 +190,7 @@ def status(
                 owner_gone=None if seen is None else now - seen > OWNER_GONE_AFTER_S,
             )
         )
-    return rows, total_by_reason(by_shard)
+    return rows, total_by_reason(by_shard), leader
 
 
 def _owner(row: ShardStatus) -> str:
@@ -178,11 +213,15 @@ def short_position(value: str | None) -> str:
     return shown + (f"/{sub}" if sub and sub != "0" else "")
 
 
-def as_json(rows: list[ShardStatus], reasons: dict[str, int]) -> dict[str, Any]:
-    return {"shards": [asdict(r) for r in rows], "dead_letters_by_reason": reasons}
+def as_json(rows: list[ShardStatus], reasons: dict[str, int], leader: LeaderStatus | None = None) -> dict[str, Any]:
+    return {
+        "shards": [asdict(r) for r in rows],
+        "dead_letters_by_reason": reasons,
+        "leader": None if leader is None else asdict(leader),
+    }
 
 
-def as_table(rows: list[ShardStatus], reasons: dict[str, int]) -> str:
+def as_table(rows: list[ShardStatus], reasons: dict[str, int], leader: LeaderStatus | None = None) -> str:
     """A plain-text table. The KCL checkpoint and the store position are printed the same way
     (the sequence number's last 12 digits, then ``/sub`` only when a sub-sequence is set), so
     they can be compared by eye."""
@@ -219,6 +258,11 @@ def as_table(rows: list[ShardStatus], reasons: dict[str, int]) -> str:
     out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
     if not rows:
         out.append("(no shard has a lease or stored state yet)")
+    if leader is not None:
+        holder = leader.owner or "none (no worker holds the lock: leases are not being assigned)"
+        if leader.owner_gone and leader.owner_last_seen is not None:
+            holder += f" (gone since {leader.owner_last_seen[:19]}Z: a live worker takes the lock after 120 s)"
+        out.append(f"KCL leader: {holder}")
     out.append("")
     out.append("dead letters held, by reason:" if reasons else "no dead letters held")
     out += [f"  {count:8}  {reason}" for reason, count in reasons.items()]
