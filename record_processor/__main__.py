@@ -73,11 +73,11 @@ def load_config(argv: list[str] | None = None) -> ProcessorConfig:
     else:
         parser.error(f"give --config or --dataset (or set {ENV_PROCESSOR_CONFIG} / {ENV_DATASET})")
     if args.store:
-        config = config.model_copy(update={"store_url": args.store})
+        config = config.replace(store_url=args.store)
     if args.metrics is not None:
-        config = config.model_copy(update={"metrics": args.metrics})
+        config = config.replace(metrics=args.metrics)
     if args.give_up_after is not None:
-        config = config.model_copy(update={"retry_give_up_after_s": float(args.give_up_after)})
+        config = config.replace(retry_give_up_after_s=float(args.give_up_after))
     return config
 
 

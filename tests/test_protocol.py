@@ -245,7 +245,7 @@ def test_real_child_speaks_only_protocol_on_stdout(store_url: str, tmp_path: Pat
         entry = json.loads(line)  # every stderr line is a JSON log line
         assert entry["component"] == "record_processor"
     db = open_store(store_url)
-    assert db.count_rows(schema_of(ClickEvent).model_copy(update={"name": "SourcedClick"})) == 3
+    assert db.count_rows(schema_of(ClickEvent).replace(name="SourcedClick")) == 3
     db.close()
 
 

@@ -120,7 +120,7 @@ def test_the_store_widens_in_place_and_refuses_what_rows_cannot_follow(store: St
     with pytest.raises(SchemaChangedError, match=r"field referrer: type Optional\[str\] became Optional\[int\]"):
         store.lookup(shape(page="str", referrer="Optional[int]"), "u1", us(T0))  # reads check it too
     # and a new version has nothing of version 1: rows, shard state, dead letters
-    v2 = shape(page="int").model_copy(update={"version": 2})
+    v2 = shape(page="int").replace(version=2)
     store.ensure_dataset(v2)
     assert store.lookup(v2, "u1", us(T0)) is None
     assert store.shard_state(feed_of(v2), "s") is None

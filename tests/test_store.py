@@ -118,12 +118,12 @@ def test_changed_schema_is_refused(store_url: str) -> None:
     db = open_store(store_url)
     db.ensure_dataset(SCHEMA)
     db.close()
-    changed = SCHEMA.model_copy(update={"fields": SCHEMA.fields[:1] + SCHEMA.fields[2:]})
+    changed = SCHEMA.replace(fields=SCHEMA.fields[:1] + SCHEMA.fields[2:])
     db = open_store(store_url)
     with pytest.raises(SchemaChangedError) as info:
         db.ensure_dataset(changed)
     assert "Increase the version (@dataset(version=2))" in str(info.value)
-    db.ensure_dataset(changed.model_copy(update={"version": 2}))  # a new version is its own table
+    db.ensure_dataset(changed.replace(version=2))  # a new version is its own table
     db.close()
 
 
@@ -297,9 +297,7 @@ def test_a_file_with_the_two_tier_index_is_upgraded_on_open(tmp_path: Path) -> N
             PRIMARY KEY (key, ts, rid)) WITHOUT ROWID;
         """
     )
-    old.execute(
-        "INSERT INTO thyme_datasets VALUES ('ClickEvent', 1, ?, 0, 1, NULL, NULL, NULL)", (SCHEMA.model_dump_json(),)
-    )
+    old.execute("INSERT INTO thyme_datasets VALUES ('ClickEvent', 1, ?, 0, 1, NULL, NULL, NULL)", (SCHEMA.to_json(),))
     for rid, (tier, (key, ts, data)) in enumerate(
         [
             ("main", row("u1", "/a", T0)),

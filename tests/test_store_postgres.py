@@ -224,8 +224,8 @@ def test_tables_are_versioned_and_int_keys_are_bigint(pg_server: PgServer) -> No
 
 def test_long_dataset_names_get_distinct_tables(pg_server: PgServer) -> None:
     db = open_store(pg_server.create_database())
-    long_a = SCHEMA.model_copy(update={"name": "A" * 60 + "one"})
-    long_b = SCHEMA.model_copy(update={"name": "A" * 60 + "two"})
+    long_a = SCHEMA.replace(name="A" * 60 + "one")
+    long_b = SCHEMA.replace(name="A" * 60 + "two")
     assert table_name(long_a) != table_name(long_b)
     assert max(len(table_name(long_a)), len(table_name(long_b))) <= 63
     assert db.apply(feed_of(long_a), Batch("s", state(1), [row("u", "/a")]), None) is None
@@ -360,7 +360,7 @@ def test_real_child_exits_nonzero_when_postgres_is_down(own_server: PgServer, tm
     assert_no_password(err)
     own_server.start()
     db = open_store(url)
-    assert db.count_rows(schema_of(ClickEvent).model_copy(update={"name": "SourcedClick"})) == 0
+    assert db.count_rows(schema_of(ClickEvent).replace(name="SourcedClick")) == 0
     db.close()
 
 

@@ -26,6 +26,8 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, ClassVar, Final, TypeAlias, TypeVar, dataclass_transform, overload
 
+import msgspec
+
 from thyme.errors import DatasetError
 from thyme.schema import SCALAR_KINDS, SUPPORTED_TYPES, DatasetSchema, FieldSchema, TypeSpec
 from thyme.times import TimeLike
@@ -71,7 +73,7 @@ def _type_spec(annotation: object, where: str) -> TypeSpec:
             inner = _type_spec(members[0], where)
             if inner.optional:
                 return inner
-            return inner.model_copy(update={"optional": True})
+            return msgspec.structs.replace(inner, optional=True)
         _unsupported(annotation, where)
     if origin is list:
         (item,) = typing.get_args(annotation) or (None,)

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Final, Literal
 
 import msgspec
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from thyme.connectors.formats import FormatSpec
 from thyme.connectors.source import source_spec
@@ -39,10 +38,8 @@ DEFAULT_NAMESPACE: Final = "Thyme/KinesisSource"
 """CloudWatch namespace of the children's EMF metrics."""
 
 
-class ProcessorConfig(BaseModel):
-    """The child's settings."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class ProcessorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The child's settings. A msgspec struct like the schema it holds: the child loads no pydantic."""
 
     dataset: DatasetSchema
     """The dataset the shard's records are written to."""
@@ -56,8 +53,9 @@ class ProcessorConfig(BaseModel):
     """``KinesisSource(format=...)``: how a record's bytes become rows (``thyme/records/formats.py``)."""
     fields: tuple[str, ...] | None = None
     """``KinesisSource(fields=...)``: the CloudFront real-time log fields, in order."""
-    store_url: str | None = Field(None, repr=False)
-    """The store; None: ``THYME_STORE_URL`` or the default SQLite file."""
+    store_url: str | None = None
+    """The store; None: ``THYME_STORE_URL`` or the default SQLite file. Never in ``repr`` (it may
+    hold a password)."""
     retry_give_up_after_s: float = DEFAULT_GIVE_UP_AFTER_S
     """How long a batch is retried against an unavailable store before the child exits."""
     lease_table: str | None = None
@@ -69,6 +67,19 @@ class ProcessorConfig(BaseModel):
     metrics: Literal["emf", "off"] = "off"
     """``emf``: one CloudWatch Embedded Metric Format line per batch on stderr."""
     metrics_namespace: str = DEFAULT_NAMESPACE
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{name}={'<redacted>' if name == 'store_url' and value is not None else repr(value)}"
+            for name, value in msgspec.structs.asdict(self).items()
+        )
+        return f"ProcessorConfig({shown})"
+
+    def to_json(self) -> str:
+        return msgspec.json.encode(self).decode()
+
+    def replace(self, **changes: object) -> ProcessorConfig:
+        return msgspec.structs.replace(self, **changes)
 
     @property
     def feed(self) -> Feed:
@@ -89,10 +100,10 @@ class ProcessorConfig(BaseModel):
     @classmethod
     def from_file(cls, path: str | Path) -> ProcessorConfig:
         try:
-            return cls.model_validate_json(Path(path).read_bytes())
+            return msgspec.json.decode(Path(path).read_bytes(), type=cls)
         except OSError as exc:
             raise ConfigError("processor config", f"cannot read {path}: {exc.strerror}", value=str(path)) from exc
-        except ValidationError as exc:
+        except msgspec.DecodeError as exc:  # ValidationError included
             raise ConfigError("processor config", f"{path} is not a valid processor config: {exc}") from exc
 
     @classmethod

@@ -52,7 +52,7 @@ def decode_row(schema: DatasetSchema, data: str) -> dict[str, Any]:
 def _struct_decoder(schema: DatasetSchema) -> msgspec.json.Decoder[Any]:
     found = _DECODERS.get(id(schema))
     if found is None or found[0] is not schema:
-        fields = [(f.name, _stored_type(f.type.model_copy(update={"optional": True})), None) for f in schema.fields]
+        fields = [(f.name, _stored_type(msgspec.structs.replace(f.type, optional=True)), None) for f in schema.fields]
         found = _DECODERS[id(schema)] = (
             schema,
             msgspec.json.Decoder(msgspec.defstruct(f"{schema.name}Stored", fields)),

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import msgspec
 import psycopg
 import pytest
 import streams
@@ -310,7 +311,7 @@ def test_no_repr_shows_a_secret(canary_url: str, tmp_path: Path, monkeypatch: py
             "store": repr(store) + str(store.url),
             "KclProperties": repr(the_plan.properties),
             "ProcessorConfig": repr(the_plan.config),
-            "ProcessorConfig from a file": repr(ProcessorConfig.model_validate_json(the_plan.config.model_dump_json())),
+            "ProcessorConfig from a file": repr(msgspec.json.decode(the_plan.config.to_json(), type=ProcessorConfig)),
             "Plan": repr(the_plan),
         }
     finally:

@@ -363,7 +363,7 @@ class Supervisor:
             properties_file = private / "kcl.properties"
             config_file = private / "processor.json"
             _write_private(properties_file, self.plan.properties.render())
-            _write_private(config_file, self.plan.config.model_dump_json())
+            _write_private(config_file, self.plan.config.to_json())
             env = {**os.environ, ENV_PROCESSOR_CONFIG: str(config_file), "PYTHONUNBUFFERED": "1"}
             env[ENV_LOG_LEVEL] = self.options.log_level
             env[KCL_LEVEL_ENV] = os.environ.get(KCL_LEVEL_ENV) or KCL_LEVEL_FOR[self.options.log_level]

@@ -212,7 +212,7 @@ def shape_against_stored(stored_json: str, schema: DatasetSchema, url: str) -> b
     """Whether ``schema`` widens the shape the store holds for its name and version (the store then
     records ``schema`` in its place). Raises :class:`~thyme.errors.SchemaChangedError`, naming the
     difference, when stored rows could not be read back under ``schema``."""
-    change = compare_shapes(DatasetSchema.model_validate_json(stored_json), schema)
+    change = compare_shapes(DatasetSchema.from_json(stored_json), schema)
     if change in ("same", "narrows"):
         return False
     if change == "widens":
@@ -230,10 +230,10 @@ def register_shape(execute: Execute, statements: Statements, schema: DatasetSche
     ident = (schema.name, schema.version)
     found = execute(statements.select_shape, ident).fetchone()
     if found is None:
-        execute(statements.insert_shape, (*ident, schema.model_dump_json(), now_us()))
+        execute(statements.insert_shape, (*ident, schema.to_json(), now_us()))
         return True
     if shape_against_stored(found[0], schema, url):
-        execute(statements.update_shape, (schema.model_dump_json(), *ident))
+        execute(statements.update_shape, (schema.to_json(), *ident))
     return False
 
 

@@ -128,7 +128,7 @@ def migration_script(datasets: Sequence[DatasetSchema]) -> str:
             .format(
                 sql.Literal(dataset.name),
                 sql.Literal(dataset.version),
-                sql.Literal(dataset.model_dump_json()),
+                sql.Literal(dataset.to_json()),
                 sql.Literal(common.now_us()),
             )
             .as_string(None)
