@@ -2,12 +2,50 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
 from typing import Any
 
-from context import FIVE_M, Context, Series
+from context import FIVE_M, REPO, Context, Series
 from processor import (
+    DATASET,
     log,
 )
+
+
+def idle_child(url: str, shard: str) -> tuple[float, float]:
+    """A child that has answered ``initialize`` and waits for records (a quiet shard): its RSS in
+    MiB, and seconds from its start to the answer."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("THYME_")}
+    env["PYTHONPATH"] = str(REPO)
+    started = time.perf_counter()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "record_processor", "--dataset", DATASET, "--store", url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=REPO,
+        env=env,
+    )
+    assert child.stdin is not None
+    assert child.stdout is not None
+    try:
+        message = {"action": "initialize", "shardId": shard, "sequenceNumber": "TRIM_HORIZON", "subSequenceNumber": 0}
+        child.stdin.write(json.dumps(message).encode() + b"\n")
+        child.stdin.flush()
+        while not (line := child.stdout.readline()).strip():
+            if not line:
+                raise RuntimeError("the child closed stdout before answering initialize")
+        answered = time.perf_counter() - started
+        with open(f"/proc/{child.pid}/status", encoding="ascii") as status:
+            rss_kib = next(int(row.split()[1]) for row in status if row.startswith("VmRSS:"))
+        return rss_kib / 1024, answered
+    finally:
+        child.stdin.close()
+        child.wait(timeout=60)
 
 
 def memory(ctx: Context) -> None:
@@ -18,6 +56,20 @@ def memory(ctx: Context) -> None:
     big = ctx.workload(batch_size=100, event_bytes=100 * 1024, batches=20)
     small = ctx.workload()
     out: dict[str, Any] = {}
+    idle, ready = Series("idle child RSS", "MiB"), Series("child start to initialize answered", "s")
+    for _i in range(ctx.args.repeat):
+        rss, seconds = idle_child(url, ctx.shard("idle"))
+        idle.values.append(rss)
+        ready.values.append(seconds)
+    out["idle"] = idle.as_json() | {"ready_s": ready.as_json()}
+    log(f"  idle child: RSS {idle.values} MiB, initialize answered after {ready.values} s")
+    ctx.row(
+        "4",
+        "RSS of a child waiting for records (after initialize; a quiet shard)",
+        f"{idle.median:.1f} MiB (ready in {ready.median:.2f} s)",
+        "≤ 25 MiB",
+        idle.median <= 25,
+    )
     for name, workload in (("200 B x 10,000", small), ("100 KiB x 100", big)):
         series = Series(name, "MiB")
         for _i in range(ctx.args.repeat):
