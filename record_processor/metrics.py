@@ -34,6 +34,8 @@ from thyme.handover import DEFAULT_NAMESPACE, BatchEvent
 
 _COUNTS: Final = ("RecordsReceived", "RecordsApplied", "RecordsReplayed", "RecordsLate", "RecordsInvalid")
 _TIMES: Final = ("BatchDuration", "StoreWriteLatency", "MillisBehindLatest")
+EMITTED: Final = frozenset(_COUNTS + _TIMES)
+"""Every metric name the children emit (the alarm definitions in ``deploy/alerts`` are checked against it)."""
 METRIC_NAMES: Final = _COUNTS + _TIMES
 
 

@@ -15,6 +15,12 @@ What runs (a missing tool is an error, never a skip):
   ``CreateService`` input shapes), plus the limits the model does not encode (Fargate
   ``stopTimeout`` 2-120 s and at least the daemon's grace period, health-check bounds,
   Fargate cpu/memory pairs, awslogs options, no credentials in ``environment``).
+* ``deploy/alerts/cloudwatch.json``: botocore's CloudWatch and CloudWatch Logs models
+  (``PutMetricAlarm``, ``PutMetricFilter``), plus: every metric an alarm reads is one the
+  children emit (EMF, ``record_processor/metrics.py``) or a metric filter here makes, and every
+  ``$.event`` a filter matches is one the code logs.
+* ``deploy/alerts/prometheus-rules.yaml``: the rules file's structure and durations, and every
+  ``thyme_*`` metric an expression names is one the launcher's exporter serves.
 * ``deploy/k8s/*.yaml``: kubernetes-validate's strict OpenAPI schemas for the core objects
   (several Kubernetes versions); KEDA objects by rule here, and by KEDA's CRD schemas
   (``tests/schemas/keda``) with check-jsonschema. Across files: the grace period, the
@@ -34,7 +40,6 @@ import os
 import re
 import shlex
 import shutil
-import string
 import subprocess
 import sys
 import tempfile
@@ -65,6 +70,7 @@ EXAMPLE_VALUES: Final[dict[str, str]] = {
     "KEDA_OPERATOR_ROLE_NAME": "keda-operator",
     "KEDA_SCALER_ROLE_NAME": "thyme-kinesis-keda-scaler",
     "STORE_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:444455556666:secret:thyme/store-url-AbCdEf",
+    "DATASET_NAME": "ClickEvent",
     "IMAGE": "444455556666.dkr.ecr.us-east-1.amazonaws.com/thyme-kinesis:1.0.0",
     "DATASET": "/app/app.py:ClickEvent",
     "ECS_CLUSTER": "thyme",
@@ -103,8 +109,10 @@ def placeholders(text: str) -> set[str]:
 
 
 def render(text: str, values: dict[str, str] | None = None) -> str:
-    """Substitute every ``${NAME}``; a placeholder without a value raises ``KeyError``."""
-    return string.Template(text).substitute(values or EXAMPLE_VALUES)
+    """Substitute every ``${NAME}``, as ``envsubst`` does (a ``$`` not followed by ``{NAME}``, such
+    as a CloudWatch Logs filter's ``$.event``, stays); a placeholder without a value raises ``KeyError``."""
+    known = values or EXAMPLE_VALUES
+    return _PLACEHOLDER.sub(lambda m: known[m.group(1)], text)
 
 
 def load_policy(name: str, values: dict[str, str] | None = None) -> dict[str, Any]:
@@ -538,6 +546,125 @@ def unknown_placeholders() -> list[str]:
     ]
 
 
+# -- alerts --------------------------------------------------------------------------------------
+
+
+def _aws_shape(service: str, operation: str) -> Any:
+    import botocore.session
+
+    return botocore.session.get_session().get_service_model(service).operation_model(operation).input_shape
+
+
+def _shape_problems(params: dict[str, Any], service: str, operation: str, label: str) -> list[str]:
+    from botocore.validate import ParamValidator
+
+    shape = _aws_shape(service, operation)
+    report = ParamValidator().validate(params, shape)
+    problems = [f"{label}: {line}" for line in report.generate_report().splitlines()] if report.has_errors() else []
+    return problems + [f"{label}: {p}" for p in _enum_problems(params, shape, "")]
+
+
+def _enum_problems(value: Any, shape: Any, path: str) -> list[str]:
+    """Values outside a string shape's enum (botocore's validator does not check them)."""
+    if shape.type_name == "string" and getattr(shape, "enum", None) and isinstance(value, str):
+        return [] if value in shape.enum else [f"{path or 'value'}: {value!r} is not one of {shape.enum}"]
+    if shape.type_name == "structure" and isinstance(value, dict):
+        return [
+            problem
+            for key, item in value.items()
+            if key in shape.members
+            for problem in _enum_problems(item, shape.members[key], f"{path}.{key}".lstrip("."))
+        ]
+    if shape.type_name == "list" and isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _enum_problems(item, shape.member, f"{path}[{i}]")]
+    return []
+
+
+def _logged_events() -> set[str]:
+    """Every ``"event": "<name>"`` the package logs."""
+    found: set[str] = set()
+    for path in (REPO / "thyme").rglob("*.py"):
+        found.update(re.findall(r'"event":\s*"([a-z_]+)"', path.read_text()))
+    for path in (REPO / "record_processor").rglob("*.py"):
+        found.update(re.findall(r'"event":\s*"([a-z_]+)"', path.read_text()))
+    return found
+
+
+def cloudwatch_alerts(data: dict[str, Any], label: str = "cloudwatch.json") -> list[str]:
+    sys.path.insert(0, str(REPO))
+    from record_processor.metrics import EMITTED
+
+    problems: list[str] = []
+    made: set[str] = set()
+    events = _logged_events()
+    for i, metric_filter in enumerate(data.get("MetricFilters", [])):
+        where = f"{label}: MetricFilters[{i}]"
+        problems += _shape_problems(metric_filter, "logs", "PutMetricFilter", where)
+        made.update(t["metricName"] for t in metric_filter.get("metricTransformations", []))
+        for event in re.findall(r'\$\.event\s*=\s*"([^"]+)"', metric_filter.get("filterPattern", "")):
+            if event not in events:
+                problems.append(f'{where}: the pattern matches "event" {event!r}, which the code never logs')
+    alarms = data.get("Alarms", [])
+    if not alarms:
+        problems.append(f"{label}: no Alarms")
+    for alarm in alarms:
+        where = f"{label}: {alarm.get('AlarmName')}"
+        problems += _shape_problems(alarm, "cloudwatch", "PutMetricAlarm", where)
+        names = [alarm["MetricName"]] if "MetricName" in alarm else []
+        names += [m["MetricStat"]["Metric"]["MetricName"] for m in alarm.get("Metrics", []) if "MetricStat" in m]
+        for name in names:
+            if name not in EMITTED and name not in made:
+                problems.append(f"{where}: metric {name!r} is neither emitted by the children nor made by a filter")
+    return problems
+
+
+_DURATION: Final = re.compile(r"(?:\d+[smhdwy])+|0")
+
+
+def prometheus_rules(data: dict[str, Any], label: str = "prometheus-rules.yaml") -> list[str]:
+    sys.path.insert(0, str(REPO))
+    from thyme.kinesis.prometheus import METRIC_NAMES
+
+    problems: list[str] = []
+    groups = data.get("groups") if isinstance(data, dict) else None
+    if not isinstance(groups, list) or not groups:
+        return [f"{label}: no groups"]
+    for group in groups:
+        if not isinstance(group, dict) or not isinstance(group.get("name"), str):
+            problems.append(f"{label}: a group without a name")
+            continue
+        rules = group.get("rules")
+        if not isinstance(rules, list) or not rules:
+            problems.append(f"{label}: group {group['name']}: no rules")
+            continue
+        for rule in rules:
+            name = rule.get("alert") if isinstance(rule, dict) else None
+            where = f"{label}: {name}"
+            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                problems.append(f"{label}: a rule without a valid alert name: {rule!r}"[:200])
+                continue
+            unknown = set(rule) - {"alert", "expr", "for", "keep_firing_for", "labels", "annotations"}
+            if unknown:
+                problems.append(f"{where}: unknown keys {sorted(unknown)}")
+            expr = rule.get("expr")
+            if not isinstance(expr, str) or not expr.strip():
+                problems.append(f"{where}: no expr")
+                continue
+            if expr.count("(") != expr.count(")") or expr.count("[") != expr.count("]"):
+                problems.append(f"{where}: unbalanced brackets in expr")
+            for metric in re.findall(r"\bthyme_[a-z_]+\b", expr):
+                if metric not in METRIC_NAMES:
+                    problems.append(f"{where}: metric {metric} is not one the exporter serves")
+            if "for" in rule and not _DURATION.fullmatch(str(rule["for"])):
+                problems.append(f"{where}: 'for' is not a Prometheus duration: {rule['for']!r}")
+            annotations = rule.get("annotations")
+            if not isinstance(annotations, dict) or not annotations.get("summary"):
+                problems.append(f"{where}: no annotations.summary")
+            if not isinstance(rule.get("labels"), dict) or "severity" not in rule["labels"]:
+                problems.append(f"{where}: no labels.severity")
+    return problems
+
+
 def validate_all(keda_schemas: Path | None = KEDA_SCHEMAS) -> list[str]:
     """Every problem found in the Dockerfile and ``deploy/``; empty when all is well."""
     problems = unknown_placeholders()
@@ -548,6 +675,9 @@ def validate_all(keda_schemas: Path | None = KEDA_SCHEMAS) -> list[str]:
     problems += ecs_task_definition(json.loads(render((ecs / "task-definition.json").read_text())))
     problems += ecs_service(json.loads(render((ecs / "service.json").read_text())))
     problems += k8s_manifests(DEPLOY / "k8s", keda_schemas)
+    alerts = DEPLOY / "alerts"
+    problems += cloudwatch_alerts(json.loads(render((alerts / "cloudwatch.json").read_text())))
+    problems += prometheus_rules(yaml.safe_load((alerts / "prometheus-rules.yaml").read_text()))
     return problems
 
 

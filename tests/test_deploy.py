@@ -1,4 +1,4 @@
-"""The deployment files (Dockerfile, deploy/ecs, deploy/k8s, deploy/iam) pass offline validators
+"""The deployment files (Dockerfile, deploy/ecs, deploy/k8s, deploy/iam, deploy/alerts) pass offline validators
 that know the real schemas, and each validator really rejects a broken file.
 
 The validators are ``scripts/validate_deploy.py``'s (hadolint, parliament, botocore's ECS model,
@@ -368,3 +368,45 @@ def test_the_memory_sizing_covers_the_measured_figures() -> None:
     assert budget.child_mib >= 100
     assert budget.shards_per_pod >= 1
     assert vd.quantity_mib("1Gi") == 1024
+
+
+# -- alarms and alerts ---------------------------------------------------------------------------
+
+
+def alerts() -> tuple[dict[str, Any], dict[str, Any]]:
+    cloudwatch = json.loads(vd.render((vd.DEPLOY / "alerts" / "cloudwatch.json").read_text()))
+    rules = vd.yaml.safe_load((vd.DEPLOY / "alerts" / "prometheus-rules.yaml").read_text())
+    return cloudwatch, rules
+
+
+def test_the_alarms_and_rules_cover_leader_lag_and_dead_letters() -> None:
+    cloudwatch, rules = alerts()
+    assert vd.cloudwatch_alerts(cloudwatch) == []
+    assert vd.prometheus_rules(rules) == []
+    read = {a.get("MetricName") or a["Metrics"][0]["MetricStat"]["Metric"]["MetricName"] for a in cloudwatch["Alarms"]}
+    assert read == {"LeaderLockStale", "MillisBehindLatest", "RecordsInvalid"}
+    assert {r["alert"] for r in rules["groups"][0]["rules"]} >= {
+        "ThymeKinesisLeaderLockStale",
+        "ThymeKinesisShardBehind",
+        "ThymeKinesisDeadLettersRising",
+    }
+
+
+def test_the_alert_validators_reject_broken_definitions() -> None:
+    cloudwatch, rules = alerts()
+    broken = copy.deepcopy(cloudwatch)
+    broken["Alarms"][1]["MetricName"] = "MillisBehind"
+    broken["Alarms"][0]["ComparisonOperator"] = "MoreThan"
+    broken["MetricFilters"][0]["filterPattern"] = '{ $.event = "leader_gone" }'
+    found = "\n".join(vd.cloudwatch_alerts(broken))
+    assert "metric 'MillisBehind' is neither emitted by the children nor made by a filter" in found
+    assert "ComparisonOperator" in found
+    assert "matches \"event\" 'leader_gone', which the code never logs" in found
+    bad = copy.deepcopy(rules)
+    bad["groups"][0]["rules"][0]["expr"] = "max(thyme_leader_age_seconds) > 1"
+    bad["groups"][0]["rules"][1]["for"] = "ten minutes"
+    del bad["groups"][0]["rules"][2]["annotations"]
+    found = "\n".join(vd.prometheus_rules(bad))
+    assert "metric thyme_leader_age_seconds is not one the exporter serves" in found
+    assert "'for' is not a Prometheus duration: 'ten minutes'" in found
+    assert "ThymeKinesisDeadLettersRising: no annotations.summary" in found

@@ -15,6 +15,8 @@ Metrics (labels ``dataset``, ``shard``; dead letters also ``reason``, grouped li
   (counters: divide for the mean batch and store-write time)
 * ``thyme_millis_behind_latest`` (gauge, as KCL reported it with the shard's last batch)
 * ``thyme_daemon_starts_total`` (counter, label ``dataset``: restarts show as increments)
+* ``thyme_kcl_leader_lock_age_seconds`` (gauge, label ``dataset``: seconds since KCL's leader
+  lock last changed, when the launcher watches it)
 """
 
 from __future__ import annotations
@@ -51,6 +53,18 @@ _COUNTERS: Final = (
     ("thyme_batch_seconds_total", "Time handling batches (decode, judge, store).", "seconds"),
     ("thyme_store_seconds_total", "Time in store transactions.", "store_seconds"),
 )
+
+
+METRIC_NAMES: Final = frozenset(
+    [name for name, _, _ in _COUNTERS]
+    + [
+        "thyme_dead_letters_total",
+        "thyme_millis_behind_latest",
+        "thyme_daemon_starts_total",
+        "thyme_kcl_leader_lock_age_seconds",
+    ]
+)
+"""Every metric the exporter serves (the alert rules in ``deploy/alerts`` are checked against it)."""
 
 
 class PrometheusExporter:
