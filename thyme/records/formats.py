@@ -314,4 +314,6 @@ class CloudFrontLines:
         if got != self.count:
             return WRONG_FIELD_COUNT, f'{{"expected_fields":{self.count},"got_fields":{got}}}'
         picked = self._pick(line.split("\t", self._split_at))
-        return self._convert({n: None if v == "-" else v for n, v in zip(self._names, picked, strict=True)}), None
+        if "-" in picked:  # an absent value: None, which a required field refuses as missing
+            return self._convert({n: None if v == "-" else v for n, v in zip(self._names, picked, strict=True)}), None
+        return self._convert(dict(zip(self._names, picked, strict=True))), None
