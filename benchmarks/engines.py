@@ -128,17 +128,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"stack {found['stack_rss_mb']:.0f} MB, stop {found['stop_s']:.1f} s"
             )
     table: dict[str, dict[str, float]] = {}
-    for engine, found in runs.items():
-        latencies = [v for run in found for v in run["latency_ms"]]
+    for engine, rounds in runs.items():
+        latencies = [v for run in rounds for v in run["latency_ms"]]
         table[engine] = {
-            "startup_s": statistics.median(r["startup_s"] for r in found),
-            "put_first_2000_rec_s": statistics.median(r["put_rates"][0] for r in found),
-            f"put_after_{(args.put_batches - 1) * BATCH}_rec_s": statistics.median(r["put_rates"][-1] for r in found),
-            "first_record_s": statistics.median(r["first_record_s"] for r in found),
+            "startup_s": statistics.median(r["startup_s"] for r in rounds),
+            "put_first_2000_rec_s": statistics.median(r["put_rates"][0] for r in rounds),
+            f"put_after_{(args.put_batches - 1) * BATCH}_rec_s": statistics.median(r["put_rates"][-1] for r in rounds),
+            "first_record_s": statistics.median(r["first_record_s"] for r in rounds),
             "latency_p50_ms": summary(latencies)["p50"],
             "latency_p95_ms": summary(latencies)["p95"],
-            "stack_rss_mb": statistics.median(r["stack_rss_mb"] for r in found),
-            "stop_s": statistics.median(r["stop_s"] for r in found),
+            "stack_rss_mb": statistics.median(r["stack_rss_mb"] for r in rounds),
+            "stop_s": statistics.median(r["stop_s"] for r in rounds),
         }
     names = list(next(iter(table.values())))
     log(f"\nmedians of {args.rounds} rounds ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)")

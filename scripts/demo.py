@@ -1,7 +1,8 @@
 """The demo: a local AWS stack, a 2-shard stream, click events in, the real consumer, lookups out.
 
 Run it with ``scripts/demo`` (which sets everything up first). It starts kinesis-mock and
-moto on 127.0.0.1, creates a stream, produces a few thousand click events (some invalid,
+moto on 127.0.0.1 (with ``--localstack`` or ``THYME_LOCAL_AWS_ENGINE=localstack``: LocalStack
+for Kinesis and STS, moto for DynamoDB), creates a stream, produces a few thousand click events (some invalid,
 some late), runs ``thyme kinesis run examples/app.py:ClickEvent`` unchanged against it,
 shows progress until the consumer has caught up, prints lookups and the dead letters by
 reason, and stops everything it started.
@@ -9,6 +10,7 @@ reason, and stops everything it started.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -84,14 +86,35 @@ def progress(store: Path, total: int) -> tuple[int, Counter[str]]:
     return int(applied), reasons
 
 
-def main() -> int:
+STACKS = {
+    local_aws.KINESIS_MOCK_ENGINE: "kinesis-mock for Kinesis, moto for DynamoDB and STS",
+    local_aws.LOCALSTACK_ENGINE: f"LocalStack {local_aws.LOCALSTACK_VERSION} for Kinesis and STS, moto for DynamoDB",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument(
+        "--localstack",
+        action="store_true",
+        help=f"run the local stack on LocalStack (default: ${local_aws.ENGINE_ENV}, else kinesis-mock)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        engine = local_aws.engine_from_env(local_aws.LOCALSTACK_ENGINE if args.localstack else None)
+    except local_aws.LocalAWSError as exc:
+        parser.error(str(exc))
     work = Path(tempfile.mkdtemp(prefix="thyme-demo-"))
     store = work / "thyme.db"
     began = time.monotonic()
     say(f"Thyme KinesisSource demo (working folder {work})")
-    say("1. starting the local AWS stack: kinesis-mock for Kinesis, moto for DynamoDB and STS, on 127.0.0.1")
-    stack = local_aws.LocalAWS(state_dir=work / "aws")
-    stack.start()
+    say(f"1. starting the local AWS stack: {STACKS[engine]}, on 127.0.0.1")
+    stack = local_aws.LocalAWS(state_dir=work / "aws", engine=engine)
+    try:
+        stack.start()
+    except local_aws.LocalAWSError as exc:
+        say(f"the local AWS stack did not start: {exc}")
+        return 1
     consumer: subprocess.Popen[bytes] | None = None
     try:
         os.environ.update(stack.env())
@@ -108,7 +131,7 @@ def main() -> int:
         env = {
             **os.environ,
             "MY_KINESIS_STREAM_ARN": arn,
-            # examples/app.py reads the role through Secret(env=...): the Kinesis client assumes it (via moto's STS)
+            # examples/app.py reads the role through Secret(env=...): the Kinesis client assumes it (the stack's STS)
             "MY_KINESIS_ROLE_ARN": "arn:aws:iam::123456789012:role/thyme-demo-reader",
         }
         thyme = str(Path(sys.executable).with_name("thyme"))

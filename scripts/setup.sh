@@ -3,7 +3,10 @@
 #   - a virtualenv in .venv (Python >= 3.11),
 #   - the KCL MultiLangDaemon classpath (.kcl/lib, via Maven) and amazon-kclpy (scripts/setup_kcl.sh),
 #   - the PostgreSQL server binaries (Debian's postgresql, when missing and running as root),
-#   - this package with its development extras (psycopg included), editable.
+#   - this package with its development extras (psycopg included), editable,
+#   - LocalStack for the local stack's "localstack" engine, in its own virtualenv
+#     (.local-aws/localstack-venv, pinned by scripts/localstack-requirements.txt) with the
+#     kinesis-mock it runs (.local-aws/localstack-node, from the npm registry, locked).
 # A second run with nothing changed does no network work.
 set -euo pipefail
 
@@ -63,3 +66,7 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
 else
     log ".venv up to date"
 fi
+
+# The LocalStack engine's own virtualenv and kinesis-mock (tests/e2e/test_localstack_e2e.py,
+# scripts/demo --localstack): made on the first run (~30 s), then only checked against a stamp.
+"$PY" "$REPO_ROOT/scripts/local_aws.py" install --engine localstack

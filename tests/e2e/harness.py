@@ -54,6 +54,16 @@ def json_lines(text: str) -> Iterator[dict[str, Any]]:
                 yield entry
 
 
+def logged(text: str, message: str) -> list[dict[str, Any]]:
+    """The JSON log entries in ``text`` whose message is ``message``."""
+    return [e for e in json_lines(text) if e.get("message") == message]
+
+
+def log_per_start(consumer: Consumer) -> list[str]:
+    """A consumer's log split per start (``Consumer.start`` writes a marker line each time)."""
+    return consumer.log_text().split("\n===== start ")[1:]
+
+
 def wait_active(client: Any, stream: str) -> None:
     """Until the stream is ACTIVE again (after a create, split or merge)."""
     wait_for(
