@@ -235,18 +235,7 @@ class ShardWorker:
                 log.exception("unexpected error decoding a record; dead-lettered")
                 self.rules.facts("", 0, None)  # drop what the failed judgement may have left
                 reason = f"internal_error: {type(exc).__name__}"
-            dead.append(
-                DeadLetter(
-                    self.shard,
-                    record.sequence,
-                    record.sub_sequence,
-                    record.partition_key,
-                    record.data,
-                    reason,
-                    record.arrival_ms,
-                    detail=detail,
-                )
-            )
+            dead.append(self._letter(record, record.data, reason, detail))
             outcome.dead_letters[_reason_class(reason)] += 1
         outcome.applied = len(rows)
         state = ShardState(position=last, watermark_us=watermark, ended=base.ended)
@@ -267,24 +256,26 @@ class ShardWorker:
             outcome.control_messages += 1
         for event in events:
             if isinstance(event, Rejected):
-                dead.append(
-                    DeadLetter(
-                        self.shard,
-                        record.sequence,
-                        record.sub_sequence,
-                        record.partition_key,
-                        event.raw,
-                        event.reason,
-                        record.arrival_ms,
-                        detail=event.detail,
-                    )
-                )
+                dead.append(self._letter(record, event.raw, event.reason, event.detail))
                 outcome.dead_letters[_reason_class(event.reason)] += 1
             else:
                 rows.append(event)
                 if watermark is None or event[1] > watermark:
                     watermark = event[1]
         return watermark
+
+    def _letter(self, record: InputRecord, raw: bytes, reason: str, detail: str | None) -> DeadLetter:
+        """A dead letter of ``record`` (or of one of its events: ``raw``, the event's bytes)."""
+        return DeadLetter(
+            self.shard,
+            record.sequence,
+            record.sub_sequence,
+            record.partition_key,
+            raw,
+            reason,
+            record.arrival_ms,
+            detail=detail,
+        )
 
     def _backoff(self, started: float, attempts: int, exc: StoreUnavailableError, what: str = "batch") -> None:
         elapsed = self._clock() - started

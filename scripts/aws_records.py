@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from thyme.connectors.formats import CLOUDFRONT_REALTIME_FIELDS
+
 CONTROL_MESSAGE_TEXT = "CWL CONTROL MESSAGE: Checking health of destination Kinesis stream."
 
 
@@ -66,53 +68,7 @@ def cloudwatch_control_record(at_ms: int) -> bytes:
     return gzip.compress(json.dumps(envelope).encode())
 
 
-CLOUDFRONT_FIELDS: tuple[str, ...] = (
-    "timestamp",
-    "c-ip",
-    "time-to-first-byte",
-    "sc-status",
-    "sc-bytes",
-    "cs-method",
-    "cs-protocol",
-    "cs-host",
-    "cs-uri-stem",
-    "cs-bytes",
-    "x-edge-location",
-    "x-edge-request-id",
-    "x-host-header",
-    "time-taken",
-    "cs-protocol-version",
-    "c-ip-version",
-    "cs-user-agent",
-    "cs-referer",
-    "cs-cookie",
-    "cs-uri-query",
-    "x-edge-response-result-type",
-    "x-forwarded-for",
-    "ssl-protocol",
-    "ssl-cipher",
-    "x-edge-result-type",
-    "fle-encrypted-fields",
-    "fle-status",
-    "sc-content-type",
-    "sc-content-len",
-    "sc-range-start",
-    "sc-range-end",
-    "c-port",
-    "x-edge-detailed-result-type",
-    "c-country",
-    "cs-accept-encoding",
-    "cs-accept",
-    "cache-behavior-path-pattern",
-    "cs-headers",
-    "cs-header-names",
-    "cs-headers-count",
-    "primary-distribution-id",
-    "primary-distribution-dns-name",
-    "origin-fbl",
-    "origin-lbl",
-    "asn",
-)
+CLOUDFRONT_FIELDS: tuple[str, ...] = CLOUDFRONT_REALTIME_FIELDS
 """Every field of a real-time log configuration, in AWS's documented order."""
 
 

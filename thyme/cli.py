@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Literal, TypeVar, cast
 
 import msgspec
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from thyme.store import DeadLetterQuery
 
 EXIT_USAGE = 2
+N = TypeVar("N", int, float)
 
 
 def _at(value: str) -> datetime:
@@ -192,39 +193,34 @@ def _share(value: str) -> float:
     return share
 
 
+def _checked(value: str, kind: Callable[[str], N], ok: Callable[[N], bool], problem: str) -> N:
+    """``value`` read as ``kind`` if ``ok`` accepts it, else argparse's error ``<problem>: <value>``."""
+    try:
+        number = kind(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{problem}: {value!r}") from None
+    if not ok(number):
+        raise argparse.ArgumentTypeError(f"{problem}: {value!r}")
+    return number
+
+
 def _leader_stale(value: str) -> float:
     from thyme.kinesis.leader import MIN_STALE_AFTER_S
 
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if seconds != 0 and seconds < MIN_STALE_AFTER_S:
-        raise argparse.ArgumentTypeError(
-            f"not a number of seconds of at least {MIN_STALE_AFTER_S}, or 0: {value!r} (a live leader renews its "
-            "lock every 30 s)"
-        )
-    return seconds
+    return _checked(
+        value,
+        float,
+        lambda s: s == 0 or s >= MIN_STALE_AFTER_S,
+        f"not a number of seconds of at least {MIN_STALE_AFTER_S}, or 0 (a live leader renews its lock every 30 s)",
+    )
 
 
 def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"not a positive whole number: {value!r}")
-    return number
+    return _checked(value, int, lambda n: n > 0, "not a positive whole number")
 
 
 def _positive_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        number = 0.0
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {value!r}")
-    return number
+    return _checked(value, float, lambda n: n > 0, "not a positive number of seconds")
 
 
 def _dead_letter_query(args: argparse.Namespace, include_redriven: bool = False) -> DeadLetterQuery:
