@@ -1,9 +1,10 @@
 """The record formats AWS services put on Kinesis, decoded into rows (``thyme.connectors.formats``
 names them).
 
-* **Compressed JSON** (``json``): a record that is not JSON but starts with gzip's magic bytes
-  (``1f 8b``) or a zlib header is decompressed (:func:`decompress`, bounded), then decoded as
-  JSON. Plain JSON pays nothing: compression is only looked for once a record failed to parse.
+* **Compressed JSON** (``json``): a record that starts with gzip's magic bytes (``1f 8b``), or
+  that is not JSON and starts with a zlib header, is decompressed (:func:`decompress`, bounded),
+  then decoded as JSON. Plain JSON pays next to nothing: a two-byte comparison, and a look for
+  zlib only once a record failed to parse.
 * **CloudWatch Logs subscription records** (``cloudwatch_logs``): a gzip-compressed envelope
   (``messageType``, ``owner``, ``logGroup``, ``logStream``, ``subscriptionFilters``,
   ``logEvents``). A ``CONTROL_MESSAGE`` (CloudWatch checking that it can write) gives no rows
