@@ -234,6 +234,18 @@ def test_lateness_is_judged_per_event_against_a_watermark_that_moves_with_them()
     assert isinstance(out[2], tuple)
 
 
+def test_log_messages_that_are_json_but_not_objects() -> None:
+    record = cloudwatch_logs_record([(T0_MS, "[1, 2]"), (T0_MS, "42"), (T0_MS, '"text"'), (T0_MS, "")])
+    out = rules(AppLog, LOGS).judge(record, ARRIVAL, None)
+    assert isinstance(out, Fanout)
+    assert [e.reason for e in out if isinstance(e, Rejected)] == [
+        "not_an_object",
+        "not_an_object",
+        "not_an_object",
+        "invalid_json",
+    ]
+
+
 def test_control_messages_give_no_rows_and_no_dead_letters() -> None:
     out = rules(AppLog, LOGS).judge(cloudwatch_control_record(T0_MS), ARRIVAL, None)
     assert isinstance(out, Fanout)
