@@ -28,7 +28,7 @@ def build_worker(config: ProcessorConfig) -> ShardWorker:
     parents = None
     if config.lease_table and config.region:
         parents = parent_watermark_from_leases(
-            store, config.feed, config.lease_table, config.region, config.dynamodb_endpoint_url
+            store, config.feed, config.lease_table, config.region, config.dynamodb_endpoint_url, config.known_parents
         )
     return ShardWorker(
         config.feed,

@@ -211,3 +211,40 @@ def test_shard_end_keeps_a_newer_owners_state(store: Store) -> None:
     assert state is not None
     assert (state.ended, state.position) == (True, Position(int(seq(2))))
     assert state.watermark_us == int((T0 + timedelta(minutes=5)).timestamp() * 1_000_000)
+
+
+def test_known_parents_need_no_lease_table(store: Store) -> None:
+    from record_processor.lineage import parent_watermark_from_leases
+
+    parent = ShardWorker(FEED, POLICY, store)
+    parent.initialize("shardId-000000000000")
+    parent.process([rec(1, "u1", 0)])
+    known = {"shardId-000000000002": ("shardId-000000000000",), "shardId-000000000000": ()}
+    # a lease table that cannot be reached: only a shard missing from `known` would need it
+    parents = parent_watermark_from_leases(store, FEED, "no-such-table", "us-east-1", "http://127.0.0.1:9", known)
+    assert parents("shardId-000000000002") == int(T0.timestamp() * 1_000_000)
+    assert parents("shardId-000000000000") is None
+    assert parents("shardId-000000000009") is None  # not known: the lease lookup fails, said in a warning
+
+
+def test_shard_parents_from_list_shards_pages() -> None:
+    from thyme.kinesis.aws import shard_parents
+
+    class Client:
+        def __init__(self) -> None:
+            self.calls: list[dict[str, Any]] = []
+
+        def list_shards(self, **request: Any) -> dict[str, Any]:
+            self.calls.append(request)
+            if "StreamARN" in request:
+                return {"Shards": [{"ShardId": "s0"}], "NextToken": "t1"}
+            return {
+                "Shards": [
+                    {"ShardId": "s1", "ParentShardId": "s0"},
+                    {"ShardId": "s2", "ParentShardId": "s0", "AdjacentParentShardId": "s1"},
+                ]
+            }
+
+    client = Client()
+    assert shard_parents(client, "arn") == {"s0": (), "s1": ("s0",), "s2": ("s0", "s1")}
+    assert client.calls == [{"StreamARN": "arn"}, {"NextToken": "t1"}]

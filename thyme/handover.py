@@ -60,6 +60,10 @@ class ProcessorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     """How long a batch is retried against an unavailable store before the child exits."""
     lease_table: str | None = None
     """The KCL lease table, where a new shard's parents are found (their watermark is inherited)."""
+    known_parents: dict[str, tuple[str, ...]] | None = None
+    """Each shard's parents as the stream listed them when the consumer started (``ListShards``):
+    a new shard found here needs no lease-table read (and the child no AWS SDK); one created
+    later (a split while running) is looked up in the lease table."""
     region: str | None = None
     """Region of the lease table."""
     dynamodb_endpoint_url: str | None = None

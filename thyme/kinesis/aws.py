@@ -196,3 +196,18 @@ def own_credentials() -> str:
             "or run with an ECS task role or EKS IRSA"
         )
     return str(found.method)
+
+
+def shard_parents(client: Any, stream_arn: str) -> dict[str, tuple[str, ...]]:
+    """Every shard of the stream (closed ones within retention included) and its parents
+    (``ParentShardId``, ``AdjacentParentShardId``), from ``ListShards``. Raises botocore's errors."""
+    parents: dict[str, tuple[str, ...]] = {}
+    request: dict[str, Any] = {"StreamARN": stream_arn}
+    while True:
+        page = client.list_shards(**request)
+        for shard in page.get("Shards", []):
+            found = (shard.get("ParentShardId"), shard.get("AdjacentParentShardId"))
+            parents[shard["ShardId"]] = tuple(p for p in found if p)
+        if not page.get("NextToken"):
+            return parents
+        request = {"NextToken": page["NextToken"]}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -503,6 +504,8 @@ def run(klass: type, options: RunOptions) -> int:
             external_id=None if the_plan.connection is None else the_plan.connection.external_id,
             sts_endpoint_url=the_plan.sts_endpoint_url,
         )
+    if the_plan.connection is not None:
+        the_plan = dataclasses.replace(the_plan, config=_with_known_parents(the_plan))
     supervisor = Supervisor(the_plan, options)
     failed: list[AwsError] = []
 
@@ -535,6 +538,26 @@ def run(klass: type, options: RunOptions) -> int:
     if failed:
         raise failed[0]
     return code
+
+
+def _with_known_parents(the_plan: Plan) -> ProcessorConfig:
+    """The children's config with every shard's parents as the stream lists them now, so a child
+    reads no lease table (and loads no AWS SDK) for them; unchanged if the listing fails."""
+    from thyme.kinesis.aws import session_name, shard_parents, source_kinesis
+
+    assert the_plan.connection is not None
+    try:
+        client = source_kinesis(
+            the_plan.connection, the_plan.sts_endpoint_url, session_name(the_plan.properties.application_name)
+        )
+        known = shard_parents(client, the_plan.connection.stream_arn)
+    except Exception as exc:  # the children look their parents up in the lease table instead
+        log.warning(
+            "could not list the stream's shards; each new shard's child reads its parents from the lease table",
+            extra={"fields": {"error": f"{type(exc).__name__}: {exc}"}},
+        )
+        return the_plan.config
+    return the_plan.config.replace(known_parents=known)
 
 
 def _leader_watch(properties: KclProperties, stale_after_s: float) -> LeaderWatch:
