@@ -110,11 +110,18 @@ class LeaderWatch:
         self._done.set()
 
     def _watch(self) -> None:
+        failures = 0
         while not self._done.wait(self.interval_s):
             try:
                 self.check()
+                failures = 0
             except Exception as exc:  # a failing read must not end the watch, nor the consumer
-                log.warning("reading KCL's leader lock failed", extra={"fields": {"error": str(exc)}})
+                failures += 1
+                if failures in (1, 10, 100) or failures % 1000 == 0:  # said, not repeated every 15 s
+                    log.warning(
+                        "reading KCL's leader lock failed",
+                        extra={"fields": {"error": f"{type(exc).__name__}: {exc}", "failures": failures}},
+                    )
 
     def check(self) -> None:
         """One look at the lock; removes it if it is stale."""
