@@ -198,16 +198,21 @@ def own_credentials() -> str:
     return str(found.method)
 
 
+def list_shards(client: Any, **stream: str) -> list[dict[str, Any]]:
+    """Every shard of a stream (closed ones within retention included), all pages of ``ListShards``;
+    ``stream`` is ``StreamARN=...`` or ``StreamName=...``. Raises botocore's errors."""
+    page = client.list_shards(**stream)
+    shards: list[dict[str, Any]] = list(page.get("Shards", []))
+    while page.get("NextToken"):
+        page = client.list_shards(NextToken=page["NextToken"])
+        shards += page.get("Shards", [])
+    return shards
+
+
 def shard_parents(client: Any, stream_arn: str) -> dict[str, tuple[str, ...]]:
-    """Every shard of the stream (closed ones within retention included) and its parents
-    (``ParentShardId``, ``AdjacentParentShardId``), from ``ListShards``. Raises botocore's errors."""
-    parents: dict[str, tuple[str, ...]] = {}
-    request: dict[str, Any] = {"StreamARN": stream_arn}
-    while True:
-        page = client.list_shards(**request)
-        for shard in page.get("Shards", []):
-            found = (shard.get("ParentShardId"), shard.get("AdjacentParentShardId"))
-            parents[shard["ShardId"]] = tuple(p for p in found if p)
-        if not page.get("NextToken"):
-            return parents
-        request = {"NextToken": page["NextToken"]}
+    """Every shard of the stream and its parents (``ParentShardId``, ``AdjacentParentShardId``).
+    Raises botocore's errors."""
+    return {
+        shard["ShardId"]: tuple(p for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId")) if p)
+        for shard in list_shards(client, StreamARN=stream_arn)
+    }

@@ -25,7 +25,7 @@ import logging
 import time
 from typing import Any
 
-from thyme.kinesis.aws import kinesis_client, session_name
+from thyme.kinesis.aws import kinesis_client, list_shards, session_name
 from thyme.kinesis.properties import KclProperties
 
 log = logging.getLogger("thyme.kinesis")
@@ -66,7 +66,7 @@ def bootstrap_leases(
             sts_endpoint_url,
             session_name(properties.application_name),
         )
-        shards = _list_shards(kinesis, properties.stream_name)
+        shards = list_shards(kinesis, StreamName=properties.stream_name)
         if not shards or any(s.get("ParentShardId") or s.get("AdjacentParentShardId") for s in shards):
             log.info("resharded stream: KCL builds the lease table itself", extra={"fields": {"table": table}})
             return False
@@ -135,16 +135,6 @@ def _drop_partial(dynamodb: Any, table: str) -> None:
             "could not remove a half-prepared lease table; delete it before the next start",
             extra={"fields": {"table": table, "error": type(exc).__name__}},
         )
-
-
-def _list_shards(kinesis: Any, stream: str) -> list[dict[str, Any]]:
-    shards: list[dict[str, Any]] = []
-    page = kinesis.list_shards(StreamName=stream)
-    shards += page["Shards"]
-    while page.get("NextToken"):
-        page = kinesis.list_shards(NextToken=page["NextToken"])
-        shards += page["Shards"]
-    return shards
 
 
 def _wait_active(dynamodb: Any, table: str) -> None:

@@ -26,7 +26,7 @@ from typing import Any, Final
 
 from thyme.connectors.source import SourceSpec
 from thyme.duration import format_duration
-from thyme.kinesis.aws import calling
+from thyme.kinesis.aws import calling, list_shards
 from thyme.kinesis.kpl import deaggregate
 from thyme.records import Fanout, LatenessPolicy, RecordRules, Rejected
 from thyme.records.formats import Decompressed, compression_of, decompress
@@ -307,14 +307,7 @@ def read_sample(
     def call(action: str, fn: Callable[[], Any]) -> Any:
         return calling(identity, f"kinesis:{action}", label, endpoint, fn)
 
-    shard_ids: list[str] = []
-    listing: dict[str, Any] = {"StreamARN": stream_arn}
-    while True:
-        page = call("ListShards", partial(client.list_shards, **listing))
-        shard_ids += [s["ShardId"] for s in page.get("Shards", [])]
-        if not page.get("NextToken"):
-            break
-        listing = {"NextToken": page["NextToken"]}
+    shard_ids = [s["ShardId"] for s in call("ListShards", partial(list_shards, client, StreamARN=stream_arn))]
     start: dict[str, Any] = (
         {"ShardIteratorType": "TRIM_HORIZON"}
         if since is None
