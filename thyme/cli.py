@@ -125,14 +125,11 @@ def _cmd_kinesis_status(args: argparse.Namespace) -> int:
 
 
 def _payload(raw: bytes) -> dict[str, object]:
-    from thyme.records.formats import Decompressed, compression_of, decompress
+    from thyme.records.formats import readable
 
-    kind = compression_of(raw)
-    if kind is not None:
-        unpacked = decompress(raw, kind)
-        if not isinstance(unpacked, Decompressed):
-            return {"payload": unpacked.decode("utf-8", "backslashreplace"), "payload_compression": kind}
-    return {"payload": raw.decode("utf-8", "backslashreplace")}
+    shown, kind = readable(raw)
+    text: dict[str, object] = {"payload": shown.decode("utf-8", "backslashreplace")}
+    return text if kind is None else {**text, "payload_compression": kind}
 
 
 def _cmd_kinesis_preflight(args: argparse.Namespace) -> int:

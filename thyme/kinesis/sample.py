@@ -29,7 +29,7 @@ from thyme.duration import format_duration
 from thyme.kinesis.aws import calling, list_shards
 from thyme.kinesis.kpl import deaggregate
 from thyme.records import Fanout, LatenessPolicy, RecordRules, Rejected
-from thyme.records.formats import Decompressed, compression_of, decompress
+from thyme.records.formats import readable
 from thyme.schema import DatasetSchema
 from thyme.times import from_us, iso, to_us
 
@@ -232,13 +232,9 @@ def _total(shards: list[ShardSample]) -> ShardSample:
 def escaped(raw: bytes) -> str:
     """A record's bytes to show: text with undecodable bytes as ``\\xNN``, cut short; a
     compressed record as what it holds once decompressed (bounded, as the consumer does)."""
-    kind = compression_of(raw)
-    prefix = ""
-    if kind is not None:
-        unpacked = decompress(raw, kind)
-        if not isinstance(unpacked, Decompressed):
-            prefix, raw = f"({kind}, {len(raw)} bytes) ", unpacked
-    text = raw[: EXAMPLE_CHARS * 4].decode("utf-8", "backslashreplace")
+    shown, kind = readable(raw)
+    prefix = "" if kind is None else f"({kind}, {len(raw)} bytes) "
+    text = shown[: EXAMPLE_CHARS * 4].decode("utf-8", "backslashreplace")
     return prefix + (text if len(text) <= EXAMPLE_CHARS else text[:EXAMPLE_CHARS] + "…")
 
 

@@ -122,6 +122,17 @@ def decompress(raw: bytes, kind: str) -> bytes | Decompressed:  # noqa: PLR0911 
         parts.append(part)
 
 
+def readable(raw: bytes) -> tuple[bytes, str | None]:
+    """What a record holds, to show a person: decompressed (within the same bound) if it is
+    compressed and decompresses, with the compression's name; else the bytes as they are."""
+    kind = compression_of(raw)
+    if kind is not None:
+        unpacked = decompress(raw, kind)
+        if not isinstance(unpacked, Decompressed):
+            return unpacked, kind
+    return raw, None
+
+
 def _failed(reason: str, kind: str, raw: bytes, error: str) -> Decompressed:
     detail = {"compression": kind, "compressed_bytes": len(raw), "error": error}
     return Decompressed(reason=reason, detail=json.dumps(detail, separators=(",", ":")))
