@@ -19,11 +19,12 @@ sees is also a gauge (seconds since the lock last changed) for the Prometheus ex
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
+
+from thyme.kinesis.periodic import Periodic
 
 log = logging.getLogger("thyme.kinesis")
 
@@ -74,7 +75,7 @@ def remove_stale(client: Any, application: str, version: str) -> bool:
     return True
 
 
-class LeaderWatch:
+class LeaderWatch(Periodic):
     """Watches the leader lock while the daemon runs (see the module docstring)."""
 
     def __init__(
@@ -85,7 +86,7 @@ class LeaderWatch:
         stale_after_s: float = DEFAULT_STALE_AFTER_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.interval_s = interval_s
+        super().__init__(interval_s, "leader-watch")
         self.stale_after_s = stale_after_s
         self._read = read
         self._remove = remove
@@ -94,34 +95,24 @@ class LeaderWatch:
         self._since: float | None = None
         self.removed = 0
         """Stale locks this watch removed."""
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="leader-watch", daemon=True)
+        self._failures = 0
 
     @property
     def lock_age_s(self) -> float | None:
         """Seconds since the lock last changed as this watch saw it (None before the first read)."""
         return None if self._since is None else self._clock() - self._since
 
-    def start(self) -> LeaderWatch:
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self._done.set()
-
-    def _watch(self) -> None:
-        failures = 0
-        while not self._done.wait(self.interval_s):
-            try:
-                self.check()
-                failures = 0
-            except Exception as exc:  # a failing read must not end the watch, nor the consumer
-                failures += 1
-                if failures in (1, 10, 100) or failures % 1000 == 0:  # said, not repeated every 15 s
-                    log.warning(
-                        "reading KCL's leader lock failed",
-                        extra={"fields": {"error": f"{type(exc).__name__}: {exc}", "failures": failures}},
-                    )
+    def tick(self) -> None:
+        try:
+            self.check()
+            self._failures = 0
+        except Exception as exc:  # a failing read must not end the watch, nor the consumer
+            self._failures += 1
+            if self._failures in (1, 10, 100) or self._failures % 1000 == 0:  # said, not repeated every 15 s
+                log.warning(
+                    "reading KCL's leader lock failed",
+                    extra={"fields": {"error": f"{type(exc).__name__}: {exc}", "failures": self._failures}},
+                )
 
     def check(self) -> None:
         """One look at the lock; removes it if it is stale."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -33,6 +32,7 @@ from thyme.kinesis.aws import (
     source_kinesis,
     stream_label,
 )
+from thyme.kinesis.periodic import Periodic
 from thyme.kinesis.properties import KclProperties
 
 log = logging.getLogger("thyme.kinesis")
@@ -85,7 +85,7 @@ def check_environment(target: Target) -> None:
     calling("the consumer's own identity", "dynamodb:DescribeTable", table, endpoint, describe_table)
 
 
-class StreamWatch:
+class StreamWatch(Periodic):
     """Describes the stream every ``interval_s`` while the daemon runs; after
     :data:`FAILURES_TO_STOP` fatal failures in a row, calls ``stop(error)`` once."""
 
@@ -96,36 +96,27 @@ class StreamWatch:
         stop: Callable[[AwsError], None],
         check: Callable[[], object] | None = None,
     ) -> None:
-        self.interval_s = interval_s
+        super().__init__(interval_s, "stream-watch")
         self._stop = stop
+        self._failures = 0
         self._check = check or (
             lambda: check_stream(
                 target.connection, source_kinesis(target.connection, target.sts_endpoint_url, target.session)
             )
         )
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="stream-watch", daemon=True)
 
-    def start(self) -> StreamWatch:
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self._done.set()
-
-    def _watch(self) -> None:
-        failures = 0
-        while not self._done.wait(self.interval_s):
-            try:
-                self._check()
-            except Exception as exc:  # never let the watch die quietly
-                if not isinstance(exc, AwsError) or not exc.fatal:
-                    log.warning("checking the stream failed; the daemon retries", extra={"fields": {"error": str(exc)}})
-                    continue
-                failures += 1
-                log.error(str(exc), extra={"fields": {"event": "environment_failing", "failures": failures}})
-                if failures >= FAILURES_TO_STOP:
-                    self._stop(exc)
-                    return
-            else:
-                failures = 0
+    def tick(self) -> bool:
+        try:
+            self._check()
+        except Exception as exc:  # never let the watch die quietly
+            if not isinstance(exc, AwsError) or not exc.fatal:
+                log.warning("checking the stream failed; the daemon retries", extra={"fields": {"error": str(exc)}})
+                return True
+            self._failures += 1
+            log.error(str(exc), extra={"fields": {"event": "environment_failing", "failures": self._failures}})
+            if self._failures >= FAILURES_TO_STOP:
+                self._stop(exc)
+                return False
+        else:
+            self._failures = 0
+        return True
