@@ -293,6 +293,24 @@ class StoreView:
         assert self.dead_letters() == ledger.rejected
 
 
+def check_lookups(app: Path, store_path: Path, valid: list[dict[str, Any]], base: datetime) -> None:
+    """Lookups of ``Clicks`` in ``app`` from the store: the newest version per user is the highest
+    ``n`` of that user, as of now and as of 100 ms after ``base``; an unknown key is None."""
+    from thyme.loader import load_dataset
+    from thyme.serving import lookup
+
+    klass = load_dataset(f"{app}:Clicks")
+    url = f"sqlite:///{store_path}"
+    for user in ("u0", "u7", "u19"):
+        found = lookup(klass, user, store=url)
+        assert found is not None
+        assert found.n == max(e["n"] for e in valid if e["user_id"] == user)
+        older = lookup(klass, user, at=base + timedelta(milliseconds=100), store=url)
+        assert older is not None
+        assert older.n == max(e["n"] for e in valid if e["user_id"] == user and e["n"] <= 100)
+    assert lookup(klass, "nobody", store=url) is None
+
+
 def events(start: int, count: int, users: int = 10, at: datetime | None = None) -> list[dict[str, Any]]:
     """``count`` valid click events numbered from ``start``, a millisecond apart in event time."""
     base = at or now()

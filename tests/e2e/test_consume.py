@@ -12,7 +12,19 @@ from typing import Any
 
 import streams
 
-from tests.e2e.harness import THYME, Ledger, StoreView, click, events, now, produce, unique, wait_for, write_app
+from tests.e2e.harness import (
+    THYME,
+    Ledger,
+    StoreView,
+    check_lookups,
+    click,
+    events,
+    now,
+    produce,
+    unique,
+    wait_for,
+    write_app,
+)
 from thyme.loader import load_dataset
 from thyme.serving import lookup
 
@@ -58,16 +70,8 @@ def test_records_land_once_with_lookups_and_dead_letters(kinesis: Any, new_consu
     store.check(ledger)
 
     # lookups: the newest version per user is the highest n of that user
-    klass = load_dataset(f"{app}:Clicks")
+    check_lookups(app, consumer.store, valid, base)
     url = f"sqlite:///{consumer.store}"
-    for user in ("u0", "u7", "u19"):
-        found = lookup(klass, user, store=url)
-        assert found is not None
-        assert found.n == max(e["n"] for e in valid if e["user_id"] == user)
-        older = lookup(klass, user, at=base + timedelta(milliseconds=100), store=url)
-        assert older is not None
-        assert older.n == max(e["n"] for e in valid if e["user_id"] == user and e["n"] <= 100)
-    assert lookup(klass, "nobody", store=url) is None
     out = subprocess.run(
         [THYME, "lookup", f"{app}:Clicks", "u7", "--store", url], capture_output=True, text=True, check=True
     )

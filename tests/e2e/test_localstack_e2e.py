@@ -34,6 +34,7 @@ from tests.e2e.harness import (
     REPO,
     Ledger,
     StoreView,
+    check_lookups,
     click,
     events,
     log_per_start,
@@ -45,8 +46,6 @@ from tests.e2e.harness import (
     wait_for,
     write_app,
 )
-from thyme.loader import load_dataset
-from thyme.serving import lookup
 
 sys.path.insert(0, str(REPO / "scripts"))
 
@@ -109,16 +108,7 @@ def test_consume_dead_letters_lookups_then_sigterm_and_restart_resume_once(
     print(f"LocalStack engine: all records visible {(now() - started).total_seconds():.1f}s after run started")  # noqa: T201
     store.check(ledger)
 
-    klass = load_dataset(f"{app}:Clicks")
-    url = f"sqlite:///{consumer.store}"
-    for user in ("u0", "u7", "u19"):
-        found = lookup(klass, user, store=url)
-        assert found is not None
-        assert found.n == max(e["n"] for e in valid if e["user_id"] == user)
-        older = lookup(klass, user, at=base + timedelta(milliseconds=100), store=url)
-        assert older is not None
-        assert older.n == max(e["n"] for e in valid if e["user_id"] == user and e["n"] <= 100)
-    assert lookup(klass, "nobody", store=url) is None
+    check_lookups(app, consumer.store, valid, base)
 
     # thyme kinesis status: the lease table (moto) and the store agree, per shard (Kinesis: LocalStack)
     def agreed() -> dict[str, Any] | None:
