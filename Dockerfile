@@ -8,7 +8,8 @@
 # The build installs the way a pip user does, the path CI proves on every change
 # (tests/e2e/test_package_e2e.py): pip installs this package, then `thyme kinesis install-jars`
 # fetches the daemon's pinned classpath (kcl-classpath.lock, every jar checked against its
-# sha256) into /opt/kcl/lib. No Maven, no JDK. No credentials are baked in: at run time the
+# sha256) into /opt/kcl/lib and compiles our entry point beside it. No Maven; a JDK in the
+# build stage only. No credentials are baked in: at run time the
 # AWS SDKs use the task role (ECS), IRSA or Pod Identity (EKS). See docs/deploy.md.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -17,6 +18,13 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
+# A JDK in this stage only: install-jars compiles the daemon's entry point (thyme/kinesis/java/,
+# which sets KCL's leader-lock timing) into /opt/kcl/lib; the runtime stage needs a JRE alone.
+# hadolint ignore=DL3008
+RUN mkdir -p /usr/share/man/man1 \
+    && apt-get update \
+    && apt-get install -y --no-install-recommends openjdk-17-jdk-headless \
+    && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/thyme
 COPY pyproject.toml README.md ./
 COPY thyme/ thyme/

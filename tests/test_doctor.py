@@ -22,12 +22,26 @@ def test_a_ready_host_is_all_ok(
     assert [line.split(":")[0] for line in lines] == [
         "ok    java",
         "ok    classpath",
+        "ok    entry point",
         "ok    daemon logging",
         "ok    store",
     ]
-    assert lines[1] == f"ok    classpath: KCL 3.1.3, 131 jars match their hashes ({REPO / '.kcl' / 'lib'})"
-    assert lines[3] == f"ok    store: sqlite:///{tmp_path / 'thyme.db'} does not exist yet: the first run creates it"
+    assert lines[1] == f"ok    classpath: KCL 3.1.3, 132 jars match their hashes ({REPO / '.kcl' / 'lib'})"
+    assert lines[4] == f"ok    store: sqlite:///{tmp_path / 'thyme.db'} does not exist yet: the first run creates it"
     assert not (tmp_path / "thyme.db").exists()
+
+
+def test_without_the_entry_point_or_a_compiler_it_says_what_failover_costs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from thyme.kinesis import entry
+
+    monkeypatch.setenv("THYME_KCL_CLASSPATH", str(tmp_path))
+    monkeypatch.setenv("THYME_KCL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(entry, "find_javac", lambda java=None: None)
+    finding = doctor.entry_point()
+    assert not finding.ok
+    assert "KCL's 120 s leader lock (a dead leader's shards wait ~2 minutes)" in finding.says
 
 
 @pytest.mark.parametrize(
@@ -76,8 +90,8 @@ def test_a_cache_not_yet_fetched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.delenv("THYME_KCL_CLASSPATH", raising=False)
     monkeypatch.setenv("THYME_KCL_CACHE", str(tmp_path / "cache"))
     assert doctor.classpath().line() == (
-        f"ok    classpath: not fetched yet into {tmp_path / 'cache'}: the first run fetches the pinned 131 jars "
-        "(76 MB), or run thyme kinesis install-jars now"
+        f"ok    classpath: not fetched yet into {tmp_path / 'cache'}: the first run fetches the pinned 132 jars "
+        "(79 MB), or run thyme kinesis install-jars now"
     )
     monkeypatch.setenv("THYME_KCL_AUTO_INSTALL", "0")
     assert doctor.classpath().line() == (

@@ -59,9 +59,26 @@ def parse(text: str) -> dict[str, str]:
     return {k: v for k, v in pairs}
 
 
-def test_every_key_is_a_real_kcl_key() -> None:
+# Our entry point's own keys (thyme/kinesis/java/ThymeMultiLangDaemon.java reads them by these names).
+ENTRY_KEYS = {"thyme.leaderLockLeaseMillis", "thyme.leaderLockHeartbeatMillis"}
+
+
+def test_every_key_is_a_real_kcl_key_or_our_entry_points() -> None:
     aliases = {f.alias for f in KclProperties.model_fields.values()}
-    assert aliases == KCL_KEYS
+    assert aliases == KCL_KEYS | ENTRY_KEYS
+    source = (Path(__file__).parents[1] / "thyme/kinesis/java/ThymeMultiLangDaemon.java").read_text()
+    for key in ENTRY_KEYS:
+        assert f'"{key}"' in source
+
+
+def test_the_leader_lock_is_10_s_renewed_every_third_unless_set() -> None:
+    connection = KinesisSource(ARN, init_position="latest").resolve()
+    keys = parse(build_properties(connection, dataset="ClickEvent", python="/usr/bin/python3").render())
+    assert (keys["thyme.leaderLockLeaseMillis"], keys["thyme.leaderLockHeartbeatMillis"]) == ("10000", "3333")
+    kcl = parse(
+        build_properties(connection, dataset="ClickEvent", python="/usr/bin/python3", leader_lock_s=None).render()
+    )
+    assert not ENTRY_KEYS & set(kcl)
 
 
 def test_aws_profile_with_role_assumes_it_for_kinesis_only(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -87,6 +104,8 @@ def test_aws_profile_with_role_assumes_it_for_kinesis_only(monkeypatch: pytest.M
         "shutdownGraceMillis": "30000",
         "failoverTimeMillis": "10000",
         "skipShardSyncAtWorkerInitializationIfLeasesExist": "true",
+        "thyme.leaderLockLeaseMillis": "10000",
+        "thyme.leaderLockHeartbeatMillis": "3333",
     }
     printed = props.render(redact_credentials=True)
     assert ROLE not in printed

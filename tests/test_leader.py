@@ -52,14 +52,24 @@ def test_a_renewed_lock_is_left_alone_and_a_stale_one_removed_once(caplog: pytes
     assert removed == ["v39"]
     assert w.removed == 1
     assert caplog.records[0].getMessage() == (
-        "KCL's leader lock, held by worker w1, has not been renewed for 360s (a live leader renews it every 30 s; "
-        "KCL takes over after 120s): no worker assigns the leases of dead workers; removing the stale lock so a "
-        "live worker takes it (awslabs/amazon-kinesis-client#1803)"
+        "KCL's leader lock, held by worker w1, has not been renewed for 360s (a live leader renews it within its "
+        "lease; KCL takes over after 120s): no worker assigns the leases of dead workers; removing the stale lock "
+        "so a live worker takes it (awslabs/amazon-kinesis-client#1803)"
     )
     assert caplog.records[1].getMessage().startswith("stale leader lock removed")
     clock.now += 10
     w.check()  # the same stale item seen again (the removal lost a race): the count starts over
     assert removed == ["v39"]
+
+
+def test_the_bound_follows_the_lock_in_effect() -> None:
+    from thyme.kinesis.leader import MIN_STALE_AFTER_S, stale_bound
+
+    ours = LeaderWatch(lambda: None, lambda v: True, lock_lease_s=10)
+    assert ours.stale_after_s == 45 == MIN_STALE_AFTER_S  # not 3 x our 10 s lease: a stock daemon renews every 30 s
+    assert LeaderWatch(lambda: None, lambda v: True, lock_lease_s=120).stale_after_s == 360  # KCL's own
+    assert stale_bound(6) == MIN_STALE_AFTER_S  # never below what a stock daemon's 30 s renewal needs
+    assert LeaderWatch(lambda: None, lambda v: True, stale_after_s=90, lock_lease_s=15).stale_after_s == 90
 
 
 def test_a_removal_that_loses_to_a_renewal_is_not_counted_and_no_table_is_no_alarm() -> None:
@@ -110,4 +120,12 @@ def test_the_bound_is_checked_before_anything_starts(value: str, capsys: pytest.
     with pytest.raises(SystemExit) as code:
         main(["kinesis", "run", "tests.factories:SourcedClick", "--leader-stale-s", value])
     assert code.value.code == 2
-    assert "a live leader renews its lock every 30 s" in capsys.readouterr().err
+    assert "renews its lock every 30 s" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["5", "121", "-1", "15.5"])
+def test_the_lock_lease_is_checked_before_anything_starts(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as code:
+        main(["kinesis", "run", "tests.factories:SourcedClick", "--leader-lock-s", value])
+    assert code.value.code == 2
+    assert "not a whole number of seconds from 6 to 120, or 0 (KCL's own 120 s)" in capsys.readouterr().err

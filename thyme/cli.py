@@ -75,6 +75,8 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
     }
     if "child_timeout_s" in given:
         daemon["child_timeout_s"] = given["child_timeout_s"] or None
+    if "leader_lock_s" in given:
+        daemon["leader_lock_s"] = given["leader_lock_s"] or None  # 0: KCL's own timing
     return RunOptions(
         store_url=args.store,
         application_name=args.application_name,
@@ -88,10 +90,17 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
         bootstrap_leases=getattr(args, "bootstrap_leases", True),
         check_environment=getattr(args, "check_environment", True),
         environment_check_s=getattr(args, "environment_check_s", 30.0),
-        leader_stale_s=(getattr(args, "leader_stale_s", None) or None) if "leader_stale_s" in given else None,
+        leader_stale_s=_stale_option(given.get("leader_stale_s")) if "leader_stale_s" in given else None,
         log_level=_log_level(args.log_level) if "log_level" in given else "info",
         **daemon,
     )
+
+
+def _stale_option(value: float | None) -> float | Literal["auto"] | None:
+    """``--leader-stale-s``: not given is ``auto`` (3x the lock's lease), 0 is off."""
+    if value is None:
+        return "auto"
+    return value or None
 
 
 def _log_level(given: str | None) -> Literal["debug", "info", "warning", "error"]:
@@ -208,7 +217,19 @@ def _leader_stale(value: str) -> float:
         value,
         float,
         lambda s: s == 0 or s >= MIN_STALE_AFTER_S,
-        f"not a number of seconds of at least {MIN_STALE_AFTER_S}, or 0 (a live leader renews its lock every 30 s)",
+        f"not a number of seconds of at least {MIN_STALE_AFTER_S}, or 0 (a live leader of KCL's own timing "
+        "renews its lock every 30 s)",
+    )
+
+
+def _leader_lock(value: str) -> int:
+    from thyme.kinesis.entry import KCL_LEADER_LOCK_S, MIN_LEADER_LOCK_S
+
+    return _checked(
+        value,
+        int,
+        lambda s: s == 0 or MIN_LEADER_LOCK_S <= s <= KCL_LEADER_LOCK_S,
+        f"not a whole number of seconds from {MIN_LEADER_LOCK_S} to {KCL_LEADER_LOCK_S}, or 0 (KCL's own 120 s)",
     )
 
 
@@ -338,6 +359,8 @@ def _add_dataset_options(command: argparse.ArgumentParser) -> None:
 
 def _add_daemon_options(command: argparse.ArgumentParser) -> None:
     """The daemon's settings: for ``run`` and for ``properties``, which prints them."""
+    from thyme.kinesis.entry import DEFAULT_LEADER_LOCK_S
+
     command.add_argument("--worker-id", default=None, help="KCL worker id (default: the host name)")
     command.add_argument(
         "--profile",
@@ -355,10 +378,18 @@ def _add_daemon_options(command: argparse.ArgumentParser) -> None:
         help="timeoutInSeconds: restart the daemon when a shard's processor is silent this long "
         "(default 300; 0: never; must exceed the store retry bound, $THYME_STORE_GIVE_UP_AFTER_S)",
     )
+    command.add_argument(
+        "--leader-lock-s",
+        type=_leader_lock,
+        default=_leader_lock(os.environ.get("THYME_LEADER_LOCK_S") or str(DEFAULT_LEADER_LOCK_S)),
+        help="the lease of KCL's leader lock, renewed every third of it: when the leader's host dies, another "
+        f"takes over after this long ($THYME_LEADER_LOCK_S; default {DEFAULT_LEADER_LOCK_S}; 0: KCL's own 120 s, "
+        "renewed every 30 s; needs a JDK once to compile the entry point, see `install-jars`)",
+    )
 
 
 def _cmd_kinesis_install_jars(args: argparse.Namespace) -> int:
-    from thyme.kinesis import jars
+    from thyme.kinesis import entry, jars
     from thyme.logs import configure
 
     configure({"component": "thyme.kinesis"})
@@ -370,8 +401,15 @@ def _cmd_kinesis_install_jars(args: argparse.Namespace) -> int:
             sys.stderr.write(f"thyme: {folder}: {problem}\n")
         if problems:
             return 1
+        if entry.compiled(folder) is None:
+            sys.stderr.write(
+                f"thyme: {folder}: the entry point that sets the leader lock's timing is not compiled here "
+                "(run install-jars with a JDK); the stock daemon would run, with KCL's 120 s lock\n"
+            )
+            return 1
     else:
         jars.install(folder, lock, args.repository)
+        entry.ensure(folder)  # without a JDK: one warning line; the stock daemon will run there
     sys.stdout.write(f"{folder}\n")  # for THYME_KCL_CLASSPATH=$(thyme kinesis install-jars --into DIR)
     return 0
 
@@ -552,9 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--leader-stale-s",
         type=_leader_stale,
-        default=_leader_stale(os.environ.get("THYME_LEADER_STALE_S") or "360"),
+        default=_leader_stale(os.environ["THYME_LEADER_STALE_S"]) if os.environ.get("THYME_LEADER_STALE_S") else None,
         help="remove KCL's leader lock once it has gone unrenewed this long, so a live worker takes it "
-        "($THYME_LEADER_STALE_S; default 360, 3x the lock's lease; >= 45; 0: do not watch it)",
+        "($THYME_LEADER_STALE_S; default 3x the lock's lease, at least 45; 0: do not watch it)",
     )
     run.add_argument(
         "--progress",
@@ -584,7 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="fetch the KCL daemon's pinned classpath (no Maven needed)",
         description="Fetch the jars of the KCL MultiLangDaemon's classpath, as pinned in thyme-kinesis "
         "(kcl-classpath.lock), from Maven Central or $THYME_MAVEN_REPOSITORY_URL, each checked against its "
-        "sha256; resumes what an interrupted run fetched; prints the folder. `run` does this on first use "
+        "sha256; resumes what an interrupted run fetched; then compiles the daemon's entry point (sets the "
+        "leader lock's timing) into that folder with javac, so a JDK is needed here but a JRE where it runs; "
+        "prints the folder. `run` does this on first use "
         "unless THYME_KCL_AUTO_INSTALL=0.",
     )
     install_jars.add_argument(
@@ -598,7 +638,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--repository", default=None, help="a Maven repository URL ($THYME_MAVEN_REPOSITORY_URL; default Maven Central)"
     )
     install_jars.add_argument(
-        "--verify", action="store_true", help="fetch nothing; check every jar's sha256, one line per problem"
+        "--verify",
+        action="store_true",
+        help="fetch nothing; check every jar's sha256 and that the entry point is compiled, one line per problem",
     )
     install_jars.set_defaults(handler=_cmd_kinesis_install_jars)
     status = kinesis_commands.add_parser(

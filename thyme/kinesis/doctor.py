@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Final
 
 from thyme.errors import ThymeError
-from thyme.kinesis import jars, launcher
+from thyme.kinesis import entry, jars, launcher
 from thyme.kinesis.launcher import RunOptions
 
 MIN_JAVA: Final = 11
@@ -35,7 +35,7 @@ class Finding:
 
 
 def diagnose(klass: type | None, options: RunOptions) -> list[Finding]:
-    findings = [java(), classpath(), logging_configuration(), store(options.store_url)]
+    findings = [java(), classpath(), entry_point(), logging_configuration(), store(options.store_url)]
     if klass is not None:
         findings.append(aws(klass, options))
     return findings
@@ -95,6 +95,27 @@ def classpath() -> Finding:
             f"Run thyme kinesis install-jars --into {folder}",
         )
     return Finding("classpath", True, f"KCL {lock.kcl_version}, {len(lock.jars)} jars match their hashes ({folder})")
+
+
+def entry_point() -> Finding:
+    """The daemon's entry point (``thyme.kinesis.entry``): compiled, or compilable here."""
+    folder = launcher.classpath_folder()
+    found = entry.compiled(folder)
+    if found is not None:
+        return Finding("entry point", True, f"compiled ({found}): the leader lock's timing is set")
+    try:
+        javac = entry.find_javac(launcher.find_java())
+    except ThymeError:
+        javac = entry.find_javac()
+    if javac is not None:
+        return Finding("entry point", True, f"not compiled yet: the first run compiles it with {javac} (~3 s)")
+    return Finding(
+        "entry point",
+        False,
+        f"not compiled in {folder} and no javac here: the stock daemon would run with KCL's 120 s leader lock "
+        "(a dead leader's shards wait ~2 minutes); run thyme kinesis install-jars where a JDK is and ship that "
+        "folder, or install a JDK",
+    )
 
 
 def logging_configuration() -> Finding:

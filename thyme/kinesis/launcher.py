@@ -48,11 +48,12 @@ from thyme.handover import (
     ProcessorConfig,
     is_batch_line,
 )
-from thyme.kinesis import jars
+from thyme.kinesis import entry, jars
 from thyme.kinesis.aws import AwsError
 from thyme.kinesis.bootstrap import bootstrap_leases
+from thyme.kinesis.entry import DEFAULT_LEADER_LOCK_S, KCL_LEADER_LOCK_S
 from thyme.kinesis.kcl_logs import KCL_LEVEL_ENV, KCL_LEVEL_FOR, convert
-from thyme.kinesis.leader import DEFAULT_STALE_AFTER_S, LeaderWatch, read_leader, remove_stale
+from thyme.kinesis.leader import LeaderWatch, read_leader, remove_stale
 from thyme.kinesis.preflight import StreamWatch, Target, check_environment
 from thyme.kinesis.progress import Progress
 from thyme.kinesis.prometheus import PrometheusExporter
@@ -63,7 +64,6 @@ from thyme.store import Feed, open_store, store_url
 
 log = logging.getLogger("thyme.kinesis")
 
-MAIN_CLASS: Final = "software.amazon.kinesis.multilang.MultiLangDaemon"
 ENV_CLASSPATH: Final = "THYME_KCL_CLASSPATH"
 ENV_LOGBACK: Final = "THYME_KCL_LOGBACK"
 ENV_JAVA_OPTS: Final = "THYME_JAVA_OPTS"
@@ -123,9 +123,11 @@ class RunOptions:
     """Before the daemon starts, check credentials, the stream, the shards and the lease table
     (``thyme.kinesis.preflight``); while it runs, describe the stream every ``environment_check_s``."""
     environment_check_s: float = 30.0
-    leader_stale_s: float | None = DEFAULT_STALE_AFTER_S
+    leader_lock_s: int | None = DEFAULT_LEADER_LOCK_S
+    """The leader lock's lease (renewed every third of it), set by our entry point; None: KCL's 120 s."""
+    leader_stale_s: float | Literal["auto"] | None = "auto"
     """Remove KCL's leader lock once it has gone unrenewed this long (``thyme.kinesis.leader``);
-    None: do not watch it."""
+    ``auto``: 3 times the lock's lease in effect, at least 45 s; None: do not watch it."""
     max_fast_failures: int = 5
     """Give up after this many daemon exits, each within ``fast_failure_s`` of its start."""
     fast_failure_s: float = 60.0
@@ -143,17 +145,26 @@ class Plan:
     connection: KinesisConnection | None = field(default=None, repr=False)
     """The resolved source (holds the role ARN; its repr redacts it)."""
     sts_endpoint_url: str | None = None
+    entry: Path | None = None
+    """The compiled ``ThymeMultiLangDaemon`` (``thyme.kinesis.entry``); None: the stock MultiLangDaemon."""
+
+    @property
+    def leader_lock_s(self) -> float:
+        """The leader lock's lease in effect."""
+        lease_ms = self.properties.leader_lock_lease_ms if self.entry is not None else None
+        return KCL_LEADER_LOCK_S if lease_ms is None else lease_ms / 1000
 
     def command(self, properties_file: Path) -> list[str]:
         opts = os.environ.get(ENV_JAVA_OPTS, "").split()
+        classpath = f"{self.classpath}/*" if self.entry is None else f"{self.classpath}/*{os.pathsep}{self.entry}"
         return [
             self.java,
             "-XX:+UseSerialGC",
             *opts,
             f"-Dlogback.configurationFile={self.logback}",
             "-cp",
-            f"{self.classpath}/*",
-            MAIN_CLASS,
+            classpath,
+            entry.STOCK_MAIN_CLASS if self.entry is None else entry.MAIN_CLASS,
             "--properties-file",
             str(properties_file),
             "--log-configuration",
@@ -300,6 +311,7 @@ def plan(
         shutdown_grace_ms=options.shutdown_grace_ms,
         failover_time_ms=options.failover_time_ms,
         child_timeout_s=options.child_timeout_s,
+        leader_lock_s=options.leader_lock_s,
     )
     config = ProcessorConfig(
         dataset=schema,
@@ -319,7 +331,11 @@ def plan(
     )
     # `properties` only prints: it neither needs nor fetches the jars
     classpath = _classpath() if open_the_store else classpath_folder()
-    return Plan(properties, config, find_java(), classpath, logback_file(), connection, sts)
+    java = find_java()
+    daemon = entry.ensure(classpath, java) if open_the_store else entry.compiled(classpath)
+    if daemon is None and open_the_store:  # the stock daemon cannot read our keys: say KCL's timing
+        properties = properties.model_copy(update={"leader_lock_lease_ms": None, "leader_lock_heartbeat_ms": None})
+    return Plan(properties, config, java, classpath, logback_file(), connection, sts, daemon)
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -514,7 +530,10 @@ def run(klass: type, options: RunOptions) -> int:
         supervisor.stop()
 
     watch = None if target is None else StreamWatch(target, options.environment_check_s, environment_failed).start()
-    leader = None if options.leader_stale_s is None else _leader_watch(the_plan.properties, options.leader_stale_s)
+    leader = None
+    if options.leader_stale_s is not None:
+        stale = None if options.leader_stale_s == "auto" else options.leader_stale_s
+        leader = _leader_watch(the_plan.properties, the_plan.leader_lock_s, stale)
     if leader is not None and supervisor.exporter is not None:
         supervisor.exporter.leader_lock_age = lambda: leader.lock_age_s
     previous = {sig: signal.signal(sig, supervisor.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -560,7 +579,7 @@ def _with_known_parents(the_plan: Plan) -> ProcessorConfig:
     return the_plan.config.replace(known_parents=known)
 
 
-def _leader_watch(properties: KclProperties, stale_after_s: float) -> LeaderWatch:
+def _leader_watch(properties: KclProperties, lock_lease_s: float, stale_after_s: float | None) -> LeaderWatch:
     """A started :class:`LeaderWatch` on the application's coordinator table (the consumer's own
     identity and account, as the lease table)."""
     import boto3
@@ -574,12 +593,14 @@ def _leader_watch(properties: KclProperties, stale_after_s: float) -> LeaderWatc
         config=client_config(),
     )
     app = properties.application_name
-    return LeaderWatch(
+    watch = LeaderWatch(
         lambda: read_leader(client, app),
         lambda version: remove_stale(client, app, version),
-        interval_s=min(15.0, stale_after_s / 4),
         stale_after_s=stale_after_s,
-    ).start()
+        lock_lease_s=lock_lease_s,
+    )
+    watch.interval_s = min(15.0, watch.stale_after_s / 4)
+    return watch.start()
 
 
 class _AboveStatus(io.TextIOBase):

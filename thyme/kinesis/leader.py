@@ -2,14 +2,15 @@
 
 KCL 3 assigns leases from one worker, the leader: whoever holds the ``Leader`` item of
 ``<app>-CoordinatorState`` (the DynamoDB lock client's item: ``ownerName``,
-``recordVersionNumber``, ``leaseDuration``). The holder renews it every 30 s by writing a new
-``recordVersionNumber``; the others take it once it has gone unrenewed for its lease (120 s,
-a constant in KCL 3.1.3). Until then nobody assigns a dead worker's leases, and a report
+``recordVersionNumber``, ``leaseDuration``). The holder renews it by writing a new
+``recordVersionNumber`` (every 30 s in KCL; every 5 s under our entry point); the others take it
+once it has gone unrenewed for its lease (KCL's 120 s; our 15 s, ``thyme.kinesis.entry``).
+Until then nobody assigns a dead worker's leases, and a report
 against KCL 3 (awslabs/amazon-kinesis-client#1803) says that after a SIGKILL of the leader no
 worker may ever take the lock again: consumption stops, silently, until someone deletes the item.
 
 :class:`LeaderWatch` reads the item every ``interval_s``. If its ``recordVersionNumber`` has not
-changed for ``stale_after_s`` (default 3 times the lock's lease), it logs one error line naming the
+changed for ``stale_after_s`` (default 3 times the lock's lease, at least 45 s), it logs one error line naming the
 holder, then removes the stale item — conditionally on that very version, so a renewal that
 races it wins and two launchers never both act — and KCL's workers take the lock at their next
 check. A lock missing for as long, while the table exists, is logged the same way. What the watch
@@ -28,11 +29,8 @@ from thyme.kinesis.periodic import Periodic
 
 log = logging.getLogger("thyme.kinesis")
 
-LOCK_LEASE_S: Final = 120
-"""The leader lock's lease in KCL 3.1.3 (``DynamoDBLockBasedLeaderDecider``)."""
-DEFAULT_STALE_AFTER_S: Final = 3 * LOCK_LEASE_S
 MIN_STALE_AFTER_S: Final = 45
-"""Below this a live leader (renewing every 30 s) could be taken for a dead one."""
+"""Below this a live leader of the stock daemon (renewing every 30 s) could be taken for a dead one."""
 LEADER_KEY: Final = "Leader"
 
 
@@ -42,6 +40,8 @@ class LeaderLock:
 
     owner: str | None
     version: str | None
+    lease_ms: int | None = None
+    """The lock's lease as its holder wrote it (``leaseDuration``)."""
 
 
 def coordinator_table(application: str) -> str:
@@ -58,7 +58,17 @@ def read_leader(client: Any, application: str) -> LeaderLock | None:
         return None
     if not item:
         return LeaderLock(None, None)
-    return LeaderLock(item.get("ownerName", {}).get("S"), item.get("recordVersionNumber", {}).get("S"))
+    lease = item.get("leaseDuration", {}).get("S") or item.get("leaseDuration", {}).get("N")
+    return LeaderLock(
+        item.get("ownerName", {}).get("S"),
+        item.get("recordVersionNumber", {}).get("S"),
+        int(lease) if lease and lease.isdigit() else None,
+    )
+
+
+def stale_bound(lock_lease_s: float) -> float:
+    """When a lock counts as stale: 3 times its lease, at least :data:`MIN_STALE_AFTER_S`."""
+    return max(float(MIN_STALE_AFTER_S), 3 * lock_lease_s)
 
 
 def remove_stale(client: Any, application: str, version: str) -> bool:
@@ -83,11 +93,14 @@ class LeaderWatch(Periodic):
         read: Callable[[], LeaderLock | None],
         remove: Callable[[str], bool],
         interval_s: float = 15.0,
-        stale_after_s: float = DEFAULT_STALE_AFTER_S,
+        stale_after_s: float | None = None,
+        lock_lease_s: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(interval_s, "leader-watch")
-        self.stale_after_s = stale_after_s
+        self.lock_lease_s = lock_lease_s
+        """The lock's lease in effect (KCL takes over a lock unrenewed this long)."""
+        self.stale_after_s = stale_bound(lock_lease_s) if stale_after_s is None else stale_after_s
         self._read = read
         self._remove = remove
         self._clock = clock
@@ -130,19 +143,20 @@ class LeaderWatch(Periodic):
         if lock.version is None:
             log.error(
                 "KCL has had no leader for %.0fs: no worker assigns leases, so shards without an owner are not "
-                "consumed; check the other consumers' logs (a live worker takes the lock within 30 s)",
+                "consumed; check the other consumers' logs (a live worker takes the lock within %.0fs)",
                 age,
+                self.lock_lease_s,
                 extra={"fields": {"event": "leader_missing", "seconds": round(age)}},
             )
             self._since = now  # say it again after another bound, not at every look
             return
         log.error(
-            "KCL's leader lock, held by worker %s, has not been renewed for %.0fs (a live leader renews it every "
-            "30 s; KCL takes over after %ds): no worker assigns the leases of dead workers; removing the stale lock "
-            "so a live worker takes it (awslabs/amazon-kinesis-client#1803)",
+            "KCL's leader lock, held by worker %s, has not been renewed for %.0fs (a live leader renews it within "
+            "its lease; KCL takes over after %.0fs): no worker assigns the leases of dead workers; removing the "
+            "stale lock so a live worker takes it (awslabs/amazon-kinesis-client#1803)",
             lock.owner,
             age,
-            LOCK_LEASE_S,
+            self.lock_lease_s,
             extra={"fields": {"event": "leader_lock_stale", "owner": lock.owner, "seconds": round(age)}},
         )
         if self._remove(lock.version):

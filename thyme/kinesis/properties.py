@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from thyme.connectors.kinesis import InitialPosition, KinesisConnection
 from thyme.errors import REDACTED, SourceError
 from thyme.kinesis.aws import session_name
+from thyme.kinesis.entry import DEFAULT_LEADER_LOCK_S
 
 Profile = Literal["local", "aws"]
 _APP_NAME: Final = re.compile(r"[^A-Za-z0-9_.-]")
@@ -70,6 +71,12 @@ class KclProperties(BaseModel):
     child_timeout_s: int | None = Field(None, alias="timeoutInSeconds", ge=1)
     """A child that sends nothing for this long (a hung batch) makes the daemon halt (exit 1),
     so the launcher restarts it. Unset: wait forever. Must exceed the store retry bound."""
+
+    leader_lock_lease_ms: int | None = Field(None, alias="thyme.leaderLockLeaseMillis", ge=1)
+    """Not KCL's: read by our entry point (``thyme.kinesis.entry``), which sets KCL core's
+    ``dynamoDbLockBasedLeaderLeaseDurationInMillis`` (KCL: 120 s). None: KCL's."""
+    leader_lock_heartbeat_ms: int | None = Field(None, alias="thyme.leaderLockHeartbeatMillis", ge=1)
+    """Not KCL's: how often the leader renews the lock (KCL: 30 s); less than the lease."""
 
     def render(self, redact_credentials: bool = False) -> str:
         """The file's text. ``redact_credentials`` hides assumed-role ARNs and ExternalIds (for printing)."""
@@ -133,9 +140,13 @@ def build_properties(
     shutdown_grace_ms: int = 30_000,
     failover_time_ms: int = 10_000,
     child_timeout_s: int | None = None,
+    leader_lock_s: int | None = DEFAULT_LEADER_LOCK_S,
 ) -> KclProperties:
     """The properties for consuming ``connection``'s stream into ``dataset`` with the child
     ``<python> -m record_processor``.
+
+    ``leader_lock_s`` is the leader lock's lease (renewed every third of it); None keeps KCL's
+    120 s (renewed every 30 s).
 
     ``profile`` defaults to ``"local"`` when the connection has an endpoint URL (a local
     stack): fast lease discovery and assignment, no CloudWatch metrics (KCL has no
@@ -188,6 +199,8 @@ def build_properties(
         shutdown_grace_ms=shutdown_grace_ms,
         failover_time_ms=failover_time_ms,
         child_timeout_s=child_timeout_s,
+        leader_lock_lease_ms=None if leader_lock_s is None else leader_lock_s * 1000,
+        leader_lock_heartbeat_ms=None if leader_lock_s is None else leader_lock_s * 1000 // 3,
         # Measured on the local stack: with KCL's defaults a new application takes
         # ~2 minutes to deliver a first record; these take it to ~10-20 s on a local stack.
         shard_sync_interval_ms=1 if local else None,
