@@ -101,13 +101,17 @@ def test_no_leader_for_long_is_said_once_per_bound(caplog: pytest.LogCaptureFixt
 
 
 def test_status_and_metrics_show_the_leader() -> None:
-    gone = LeaderStatus("w1", "2026-12-04T10:00:00.000Z", True)
-    assert "KCL leader: w1 (gone since 2026-12-04T10:00:00Z" in as_table([], {}, gone)
+    gone = LeaderStatus("w1", "2026-12-04T10:00:00.000Z", True, 10.0)
+    assert "KCL leader: w1 (gone since 2026-12-04T10:00:00Z: a live worker takes the lock after 10 s)" in as_table(
+        [], {}, gone
+    )
+    assert "KCL leader: w2 (lock lease 120 s)" in as_table([], {}, LeaderStatus("w2", None, None, 120.0))
     assert "KCL leader: none (no worker holds the lock" in as_table([], {}, LeaderStatus(None))
     assert as_json([], {}, gone)["leader"] == {
         "owner": "w1",
         "owner_last_seen": "2026-12-04T10:00:00.000Z",
         "owner_gone": True,
+        "lock_lease_s": 10.0,
     }
     exporter = PrometheusExporter("Clicks")
     assert "leader_lock" not in exporter.render()

@@ -62,6 +62,7 @@ def test_doctor_says_what_run_would_stop_on_and_then_that_all_is_ready(
     assert [line.split(":")[0] for line in lines] == [
         "ok    java",
         "ok    classpath",
+        "ok    entry point",
         "ok    daemon logging",
         "ok    store",
         "FAIL  aws",

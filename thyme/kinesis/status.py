@@ -115,6 +115,8 @@ class LeaderStatus:
     """None: no worker holds it (KCL is starting, or the lock was just removed)."""
     owner_last_seen: str | None = None
     owner_gone: bool | None = None
+    lock_lease_s: float | None = None
+    """The lock's lease as its holder wrote it: a live worker takes a dead holder's lock after it."""
 
 
 def read_leader_status(
@@ -137,6 +139,7 @@ def read_leader_status(
         lock.owner,
         None if seen is None else iso_from_us(seen * 1_000_000),
         None if seen is None else now - seen > OWNER_GONE_AFTER_S,
+        None if lock.lease_ms is None else lock.lease_ms / 1000,
     )
 
 
@@ -261,7 +264,10 @@ def as_table(rows: list[ShardStatus], reasons: dict[str, int], leader: LeaderSta
     if leader is not None:
         holder = leader.owner or "none (no worker holds the lock: leases are not being assigned)"
         if leader.owner_gone and leader.owner_last_seen is not None:
-            holder += f" (gone since {leader.owner_last_seen[:19]}Z: a live worker takes the lock after 120 s)"
+            lease = "its lease" if leader.lock_lease_s is None else f"{leader.lock_lease_s:g} s"
+            holder += f" (gone since {leader.owner_last_seen[:19]}Z: a live worker takes the lock after {lease})"
+        elif leader.owner and leader.lock_lease_s is not None:
+            holder += f" (lock lease {leader.lock_lease_s:g} s)"
         out.append(f"KCL leader: {holder}")
     out.append("")
     out.append("dead letters held, by reason:" if reasons else "no dead letters held")
