@@ -51,6 +51,7 @@ KCL_KEYS = {
     "parentShardPollIntervalMillis",
     "inMemoryWorkerMetricsCaptureFrequencyMillis",
     "workerMetricsReporterFreqInMillis",
+    "fanoutConfig.consumerName",  # a nested key: the daemon's FanoutConfigBean (tests/e2e/test_fanout_e2e.py)
 }
 
 
@@ -81,6 +82,28 @@ def test_the_leader_lock_is_10_s_renewed_every_third_unless_set() -> None:
     assert not ENTRY_KEYS & set(kcl)
 
 
+def test_fan_out_names_its_consumer_and_drops_the_polling_keys() -> None:
+    connection = KinesisSource(ARN, init_position="latest").resolve()
+    keys = parse(
+        build_properties(connection, dataset="ClickEvent", python="/usr/bin/python3", retrieval="fan-out").render()
+    )
+    assert keys["retrievalMode"] == "FANOUT"
+    assert keys["fanoutConfig.consumerName"] == keys["applicationName"] == "thyme-ClickEvent-click-events"
+    assert "maxRecords" not in keys
+    assert "idleTimeBetweenReadsInMillis" not in keys
+    named = build_properties(
+        connection, dataset="ClickEvent", python="/usr/bin/python3", retrieval="fan-out", consumer_name="ml-features"
+    )
+    assert named.consumer_name == "ml-features"
+    polling = parse(build_properties(connection, dataset="ClickEvent", python="/usr/bin/python3").render())
+    assert polling["retrievalMode"] == "POLLING"
+    assert "fanoutConfig.consumerName" not in polling
+    with pytest.raises(SourceError, match="consumer name"):
+        build_properties(
+            connection, dataset="ClickEvent", python="/usr/bin/python3", retrieval="fan-out", consumer_name="a b"
+        )
+
+
 def test_aws_profile_with_role_assumes_it_for_kinesis_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("READER_ROLE", ROLE)
     connection = KinesisSource(ARN, init_position="trim_horizon", role_arn=Secret(env="READER_ROLE")).resolve()
@@ -103,6 +126,7 @@ def test_aws_profile_with_role_assumes_it_for_kinesis_only(monkeypatch: pytest.M
         "metricsLevel": "SUMMARY",
         "shutdownGraceMillis": "30000",
         "failoverTimeMillis": "10000",
+        "leaseAssignmentIntervalMillis": "2000",
         "skipShardSyncAtWorkerInitializationIfLeasesExist": "true",
         "thyme.leaderLockLeaseMillis": "10000",
         "thyme.leaderLockHeartbeatMillis": "3333",

@@ -16,7 +16,12 @@ from thyme.errors import ThymeError
 from thyme.logs import ENV_LOG_LEVEL, LEVELS
 
 if TYPE_CHECKING:
+    from typing import Any
+
+    from thyme.connectors.kinesis import KinesisConnection
+    from thyme.connectors.source import SourceSpec
     from thyme.kinesis.launcher import RunOptions
+    from thyme.schema import DatasetSchema
     from thyme.store import DeadLetterQuery
 
 EXIT_USAGE = 2
@@ -70,11 +75,15 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
             ("idle_ms", "idle_time_between_reads_ms"),
             ("shutdown_grace_ms", "shutdown_grace_ms"),
             ("failover_ms", "failover_time_ms"),
+            ("assignment_ms", "assignment_ms"),
         )
         if arg in given  # `status` has none of the daemon's settings
     }
     if "child_timeout_s" in given:
         daemon["child_timeout_s"] = given["child_timeout_s"] or None
+    if "retrieval" in given:
+        daemon["retrieval"] = given["retrieval"]
+        daemon["consumer_name"] = given["consumer_name"]
     if "leader_lock_s" in given:
         daemon["leader_lock_s"] = given["leader_lock_s"] or None  # 0: KCL's own timing
     return RunOptions(
@@ -141,13 +150,14 @@ def _payload(raw: bytes) -> dict[str, object]:
     return text if kind is None else {**text, "payload_compression": kind}
 
 
-def _cmd_kinesis_preflight(args: argparse.Namespace) -> int:
+def _source_of(args: argparse.Namespace) -> tuple[DatasetSchema, SourceSpec, KinesisConnection, str, Any]:
+    """The dataset's schema, source, resolved connection, application name and a Kinesis client
+    with the identity ``run`` reads with (the role assumed): for the commands that call Kinesis."""
     from thyme.connectors.source import source_spec
     from thyme.errors import LoadError
     from thyme.kinesis.aws import session_name, source_kinesis
     from thyme.kinesis.launcher import env_endpoint
     from thyme.kinesis.properties import default_application_name
-    from thyme.kinesis.sample import Preflight, judge_sample, read_sample
     from thyme.loader import load_dataset
     from thyme.schema import dataset_schema
 
@@ -158,7 +168,21 @@ def _cmd_kinesis_preflight(args: argparse.Namespace) -> int:
     connection = spec.connector.resolve()
     application = args.application_name or default_application_name(schema.name, connection.stream_name, schema.version)
     sts = args.sts_endpoint_url or env_endpoint(os.environ, "sts")
-    client = source_kinesis(connection, sts, session_name(application))
+    return schema, spec, connection, application, source_kinesis(connection, sts, session_name(application))
+
+
+def _cmd_kinesis_deregister_consumer(args: argparse.Namespace) -> int:
+    from thyme.kinesis.fanout import deregister
+
+    _schema, _spec, connection, application, client = _source_of(args)
+    sys.stdout.write(deregister(client, connection, args.consumer_name or application) + "\n")
+    return 0
+
+
+def _cmd_kinesis_preflight(args: argparse.Namespace) -> int:
+    from thyme.kinesis.sample import Preflight, judge_sample, read_sample
+
+    schema, spec, connection, _application, client = _source_of(args)
     since = args.since if args.since is not None else datetime.now(UTC) - timedelta(hours=1)
     shards, cut = read_sample(
         client,
@@ -372,11 +396,32 @@ def _add_daemon_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--shutdown-grace-ms", type=int, default=30_000, help="shutdownGraceMillis")
     command.add_argument("--failover-ms", type=int, default=10_000, help="failoverTimeMillis")
     command.add_argument(
+        "--assignment-ms",
+        type=_positive_int,
+        default=None,
+        help="leaseAssignmentIntervalMillis: how often the leader assigns leases (default 500 with the local "
+        "profile, 2000 with aws; KCL's own is 2x failoverTimeMillis)",
+    )
+    command.add_argument(
         "--child-timeout-s",
         type=int,
         default=300,
         help="timeoutInSeconds: restart the daemon when a shard's processor is silent this long "
         "(default 300; 0: never; must exceed the store retry bound, $THYME_STORE_GIVE_UP_AFTER_S)",
+    )
+    command.add_argument(
+        "--retrieval",
+        choices=["polling", "fan-out"],
+        default=os.environ.get("THYME_KINESIS_RETRIEVAL") or "polling",
+        help="polling: GetRecords, the stream's 2 MiB/s per shard shared by every polling consumer (default); "
+        "fan-out: enhanced fan-out, 2 MiB/s per shard for this consumer alone, pushed ~70 ms after a put, billed "
+        "per consumer-shard hour and GB ($THYME_KINESIS_RETRIEVAL)",
+    )
+    command.add_argument(
+        "--consumer-name",
+        default=os.environ.get("THYME_KINESIS_CONSUMER_NAME") or None,
+        help="with --retrieval fan-out: the stream consumer KCL registers (default: the application name; "
+        "$THYME_KINESIS_CONSUMER_NAME); remove a retired one with `thyme kinesis deregister-consumer`",
     )
     command.add_argument(
         "--leader-lock-s",
@@ -651,6 +696,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_options(status)
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.set_defaults(handler=_cmd_kinesis_status)
+    deregister = kinesis_commands.add_parser(
+        "deregister-consumer",
+        help="remove the enhanced fan-out consumer a retired `run --retrieval fan-out` registered",
+        description="Deregister the stream consumer that `run --retrieval fan-out` registers (KCL never removes "
+        "it: it counts against the stream's 20 and is billed per shard-hour), with the identity `run` reads "
+        "with. Run it after the last consumer of that name has stopped; a running one registers it again.",
+    )
+    deregister.add_argument("dataset", metavar="MODULE:DATASET", help=_DATASET_HELP)
+    deregister.add_argument(
+        "--consumer-name", default=None, help="the consumer (default: the application name, as `run` uses)"
+    )
+    deregister.add_argument(
+        "--application-name", default=None, help="the KCL application name `run` was given, if not the default"
+    )
+    deregister.add_argument(
+        "--sts-endpoint-url", default=None, help="STS endpoint for assuming role_arn ($THYME_STS_ENDPOINT_URL)"
+    )
+    deregister.set_defaults(handler=_cmd_kinesis_deregister_consumer)
     preflight = kinesis_commands.add_parser(
         "preflight",
         help="read a sample of every shard and print what the consumer would make of it",

@@ -57,7 +57,7 @@ from thyme.kinesis.leader import LeaderWatch, read_leader, remove_stale
 from thyme.kinesis.preflight import StreamWatch, Target, check_environment
 from thyme.kinesis.progress import Progress
 from thyme.kinesis.prometheus import PrometheusExporter
-from thyme.kinesis.properties import KclProperties, Profile, build_properties
+from thyme.kinesis.properties import KclProperties, Profile, Retrieval, build_properties
 from thyme.logs import ENV_LOG_LEVEL
 from thyme.schema import dataset_schema
 from thyme.store import Feed, open_store, store_url
@@ -103,6 +103,8 @@ class RunOptions:
     idle_time_between_reads_ms: int = 250
     shutdown_grace_ms: int = 30_000
     failover_time_ms: int = 10_000
+    assignment_ms: int | None = None
+    """KCL's ``leaseAssignmentIntervalMillis``; None: the profile's (500 ms local, 2 s aws)."""
     child_timeout_s: int | None = DEFAULT_CHILD_TIMEOUT_S
     """KCL ``timeoutInSeconds``: a child silent this long (a hung batch) makes the daemon halt,
     and the launcher restarts it. Must exceed the store retry bound plus the slowest batch."""
@@ -123,6 +125,10 @@ class RunOptions:
     """Before the daemon starts, check credentials, the stream, the shards and the lease table
     (``thyme.kinesis.preflight``); while it runs, describe the stream every ``environment_check_s``."""
     environment_check_s: float = 30.0
+    retrieval: Retrieval = "polling"
+    """``fan-out``: enhanced fan-out as the stream consumer ``consumer_name`` (``thyme.kinesis.fanout``)."""
+    consumer_name: str | None = None
+    """The fan-out consumer's name; None: the application name."""
     leader_lock_s: int | None = DEFAULT_LEADER_LOCK_S
     """The leader lock's lease (renewed every third of it), set by our entry point; None: KCL's 120 s."""
     leader_stale_s: float | Literal["auto"] | None = "auto"
@@ -310,8 +316,11 @@ def plan(
         idle_time_between_reads_ms=options.idle_time_between_reads_ms,
         shutdown_grace_ms=options.shutdown_grace_ms,
         failover_time_ms=options.failover_time_ms,
+        assignment_ms=options.assignment_ms,
         child_timeout_s=options.child_timeout_s,
         leader_lock_s=options.leader_lock_s,
+        retrieval=options.retrieval,
+        consumer_name=options.consumer_name,
     )
     config = ProcessorConfig(
         dataset=schema,

@@ -2,7 +2,8 @@
 what KCL would otherwise retry forever, printing stack traces.
 
 Before: the consumer has credentials; the source's identity (the role, assumed as KCL will) can
-describe the stream, which exists and is ``ACTIVE`` or ``UPDATING``, and can list its shards; the
+describe the stream, which exists and is ``ACTIVE`` or ``UPDATING``, and can list its shards (and,
+with enhanced fan-out, describe its consumer, which is not being deleted); the
 consumer's own identity can read the lease table (or it does not exist yet: KCL, or the lease
 bootstrap, creates it); every endpoint answers. Each failure is one line naming the identity,
 the call and the fix (:mod:`thyme.kinesis.aws`), within seconds.
@@ -32,6 +33,7 @@ from thyme.kinesis.aws import (
     source_kinesis,
     stream_label,
 )
+from thyme.kinesis.fanout import check_consumer
 from thyme.kinesis.periodic import Periodic
 from thyme.kinesis.properties import KclProperties
 
@@ -83,6 +85,8 @@ def check_environment(target: Target) -> None:
             dynamodb.describe_table(TableName=properties.table_name)
 
     calling("the consumer's own identity", "dynamodb:DescribeTable", table, endpoint, describe_table)
+    if properties.retrieval_mode == "FANOUT":
+        check_consumer(kinesis, connection, properties.consumer_name or properties.application_name)
 
 
 class StreamWatch(Periodic):

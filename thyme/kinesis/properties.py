@@ -25,6 +25,13 @@ from thyme.kinesis.aws import session_name
 from thyme.kinesis.entry import DEFAULT_LEADER_LOCK_S
 
 Profile = Literal["local", "aws"]
+Retrieval = Literal["polling", "fan-out"]
+AWS_ASSIGNMENT_MS: Final = 2_000
+"""``leaseAssignmentIntervalMillis`` with the aws profile (KCL's default is 2 x failoverTimeMillis,
+20 s): the leader assigns a dead or departed worker's leases, and each worker finds the leases it
+was given (every half of it), within seconds instead of 20-40 s. It costs the leader a Scan of the
+lease and worker-metrics tables every 2 s and each worker a Query of its index every second."""
+_CONSUMER_NAME: Final = re.compile(r"[a-zA-Z0-9_.-]{1,128}")
 _APP_NAME: Final = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -52,8 +59,16 @@ class KclProperties(BaseModel):
     credentials_dynamodb: str = Field(alias="AwsCredentialsProviderDynamoDB")
     credentials_cloudwatch: str = Field(alias="AwsCredentialsProviderCloudWatch")
     retrieval_mode: Literal["POLLING", "FANOUT"] = Field("POLLING", alias="retrievalMode")
-    max_records: int = Field(10_000, alias="maxRecords", ge=1, le=10_000)
-    idle_time_between_reads_ms: int = Field(250, alias="idleTimeBetweenReadsInMillis", ge=200)
+    """POLLING (GetRecords, the stream's shared 2 MiB/s per shard) or FANOUT (enhanced fan-out:
+    SubscribeToShard, 2 MiB/s per shard for this consumer alone). Always written: without it
+    KCL picks FANOUT unless a polling key is set."""
+    consumer_name: str | None = Field(None, alias="fanoutConfig.consumerName")
+    """FANOUT only: the stream consumer KCL registers (RegisterStreamConsumer) and subscribes
+    with; KCL's default is the application name. A nested key of the daemon's FanoutConfigBean."""
+    max_records: int | None = Field(10_000, alias="maxRecords", ge=1, le=10_000)
+    """POLLING only (None with FANOUT)."""
+    idle_time_between_reads_ms: int | None = Field(250, alias="idleTimeBetweenReadsInMillis", ge=200)
+    """POLLING only (None with FANOUT)."""
     metrics_level: Literal["NONE", "SUMMARY", "DETAILED"] = Field("SUMMARY", alias="metricsLevel")
     shutdown_grace_ms: int = Field(30_000, alias="shutdownGraceMillis", ge=1)
     failover_time_ms: int = Field(10_000, alias="failoverTimeMillis", ge=1)
@@ -139,11 +154,19 @@ def build_properties(
     idle_time_between_reads_ms: int = 250,
     shutdown_grace_ms: int = 30_000,
     failover_time_ms: int = 10_000,
+    assignment_ms: int | None = None,
     child_timeout_s: int | None = None,
     leader_lock_s: int | None = DEFAULT_LEADER_LOCK_S,
+    retrieval: Retrieval = "polling",
+    consumer_name: str | None = None,
 ) -> KclProperties:
     """The properties for consuming ``connection``'s stream into ``dataset`` with the child
     ``<python> -m record_processor``.
+
+    ``assignment_ms`` is KCL's ``leaseAssignmentIntervalMillis`` (default 500 ms local, 2 s aws).
+
+    ``retrieval="fan-out"`` reads with enhanced fan-out as the stream consumer ``consumer_name``
+    (default: the application name); the polling keys are then left out.
 
     ``leader_lock_s`` is the leader lock's lease (renewed every third of it); None keeps KCL's
     120 s (renewed every 30 s).
@@ -161,6 +184,13 @@ def build_properties(
             "KCL splits executableName on spaces, so its path cannot contain one",
             "Install Python and the virtualenv at a path without spaces.",
             value=python,
+        )
+    if consumer_name is not None and not _CONSUMER_NAME.fullmatch(consumer_name):
+        raise SourceError(
+            "consumer name",
+            "a Kinesis stream consumer's name is 1-128 letters, digits, '_', '.' or '-'",
+            "Choose another --consumer-name.",
+            value=consumer_name,
         )
     profile = profile or ("local" if connection.endpoint_url else "aws")
     app = application_name or default_application_name(dataset, connection.stream_name, version)
@@ -194,7 +224,10 @@ def build_properties(
         credentials=kinesis_credentials,
         credentials_dynamodb=default_chain,
         credentials_cloudwatch=default_chain,
-        idle_time_between_reads_ms=idle_time_between_reads_ms,
+        retrieval_mode="FANOUT" if retrieval == "fan-out" else "POLLING",
+        consumer_name=(consumer_name or app) if retrieval == "fan-out" else None,
+        max_records=None if retrieval == "fan-out" else 10_000,
+        idle_time_between_reads_ms=None if retrieval == "fan-out" else idle_time_between_reads_ms,
         metrics_level="NONE" if local else "SUMMARY",
         shutdown_grace_ms=shutdown_grace_ms,
         failover_time_ms=failover_time_ms,
@@ -204,7 +237,7 @@ def build_properties(
         # Measured on the local stack: with KCL's defaults a new application takes
         # ~2 minutes to deliver a first record; these take it to ~10-20 s on a local stack.
         shard_sync_interval_ms=1 if local else None,
-        lease_assignment_interval_ms=500 if local else None,
+        lease_assignment_interval_ms=assignment_ms or (500 if local else AWS_ASSIGNMENT_MS),
         parent_shard_poll_interval_ms=500 if local else None,
         worker_metrics_capture_ms=100 if local else None,
         worker_metrics_report_ms=1000 if local else None,
