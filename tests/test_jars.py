@@ -183,3 +183,19 @@ def test_run_fetches_the_pinned_set_on_first_use_unless_told_not_to(
     assert launcher._classpath() == tmp_path / "cache"
     assert jars.is_complete(tmp_path / "cache", lock)
     assert launcher.kcl_version() == ("3.1.3", tmp_path / "cache")
+
+
+def test_a_folder_installed_for_another_release_is_refused_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "opt-kcl-lib"
+    folder.mkdir()
+    (folder / "amazon-kinesis-client-multilang-3.1.3.jar").write_bytes(b"jar")
+    (folder / jars.STAMP).write_text("the digest of an older lock\n")
+    monkeypatch.setenv("THYME_KCL_CLASSPATH", str(folder))
+    with pytest.raises(launcher.LaunchError) as info:
+        launcher._classpath()
+    assert str(info.value).startswith(f"the KCL jars in {folder} were installed for another release")
+    assert f"run thyme kinesis install-jars --into {folder} (it fetches what changed)" in str(info.value)
+    (folder / jars.STAMP).unlink()  # a folder someone filled by hand: trusted, as before
+    assert launcher._classpath() == folder

@@ -76,6 +76,7 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
             ("shutdown_grace_ms", "shutdown_grace_ms"),
             ("failover_ms", "failover_time_ms"),
             ("assignment_ms", "assignment_ms"),
+            ("max_records", "max_records"),
         )
         if arg in given  # `status` has none of the daemon's settings
     }
@@ -257,6 +258,10 @@ def _leader_lock(value: str) -> int:
     )
 
 
+def _max_records(value: str) -> int:
+    return _checked(value, int, lambda n: 1 <= n <= 10_000, "not a whole number from 1 to 10000 (Kinesis' limit)")
+
+
 def _positive_int(value: str) -> int:
     return _checked(value, int, lambda n: n > 0, "not a positive whole number")
 
@@ -395,6 +400,13 @@ def _add_daemon_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--idle-ms", type=int, default=250, help="idleTimeBetweenReadsInMillis (>= 200)")
     command.add_argument("--shutdown-grace-ms", type=int, default=30_000, help="shutdownGraceMillis")
     command.add_argument("--failover-ms", type=int, default=10_000, help="failoverTimeMillis")
+    command.add_argument(
+        "--max-records",
+        type=_max_records,
+        default=10_000,
+        help="maxRecords: the most records one GetRecords call, and so one batch to a shard's child, holds "
+        "(1-10000, default 10000; lower bounds each child's memory while a shard catches up)",
+    )
     command.add_argument(
         "--assignment-ms",
         type=_positive_int,

@@ -7,7 +7,8 @@ the wheel from it), is installed over it with ``pip install -U`` (not editable, 
 source tree on the path) and carries on from the same store: every record once across the
 upgrade, the old release's dead letters still there.
 ``thyme kinesis install-jars --into DIR`` fetches the pinned daemon classpath from Maven Central
-and ``--verify`` checks it, as the Dockerfile's build stage does; then, with the image's
+(and, for this release, compiles the daemon's entry point beside it) and ``--verify`` checks it,
+as the Dockerfile's build stage does, again after the upgrade as a rebuilt image would; then, with the image's
 ``THYME_KCL_CLASSPATH=DIR`` and ``THYME_KCL_AUTO_INSTALL=0``, a consumer runs against the local
 stack, serves a lookup and stops cleanly on SIGTERM. (The fetch on a first ``run`` without
 install-jars: ``tests/test_jars.py``, over real HTTP.)
@@ -161,12 +162,23 @@ def test_the_wheel_in_a_fresh_virtualenv_fetches_its_jars_and_consumes_then_upgr
     assert upgraded.returncode == 0, upgraded.stderr[-3000:]
     version = run([thyme, "--version"], env, tmp_path)
     assert version.stdout.startswith("thyme-kinesis 0.2.0; KCL MultiLangDaemon 3.1.3"), version.stdout
+    # this release pins other jars (KCL core 3.3.0) and an entry point: the image is built anew,
+    # install-jars into the same folder fetches what changed and compiles the entry point
+    refetched = run([thyme, "kinesis", "install-jars", "--into", str(kcl)], env, tmp_path, INSTALL_TIMEOUT_S)
+    assert (refetched.returncode, refetched.stdout) == (0, f"{kcl}\n"), refetched.stderr[-3000:]
+    assert [json.loads(line)["message"] for line in refetched.stderr.splitlines()] == [
+        "fetching the KCL classpath",
+        "KCL classpath ready",
+    ]
+    verified = run([thyme, "kinesis", "install-jars", "--into", str(kcl), "--verify"], env, tmp_path)
+    assert (verified.returncode, verified.stderr) == (0, "")
     second = events(20, 20)
     produce(kinesis, stream, second)
     lines = consume(thyme, env, tmp_path, app, store, application, second[-1])
     messages = [line["message"] for line in lines if "message" in line]
     assert "fetching the KCL classpath" not in messages  # nothing downloaded at run time
     assert "shard handed over after a requested shutdown" in messages
+    assert "leader lock lease 10000 ms, heartbeat 3333 ms" in messages  # our entry point ran the daemon
     assert jars.verify(kcl, jars.read_lock()) == []
     assert not cache.exists()
 

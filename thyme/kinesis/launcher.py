@@ -103,6 +103,8 @@ class RunOptions:
     idle_time_between_reads_ms: int = 250
     shutdown_grace_ms: int = 30_000
     failover_time_ms: int = 10_000
+    max_records: int = 10_000
+    """KCL's ``maxRecords``: the most records one GetRecords (and so one batch to a child) holds."""
     assignment_ms: int | None = None
     """KCL's ``leaseAssignmentIntervalMillis``; None: the profile's (500 ms local, 2 s aws)."""
     child_timeout_s: int | None = DEFAULT_CHILD_TIMEOUT_S
@@ -233,6 +235,15 @@ def _classpath() -> Path:
                 f"pinned set, checked against its hashes), or set {ENV_CLASSPATH} to a folder holding the "
                 "multilang daemon's classpath."
             )
+        lock = jars.read_lock()
+        if (path / jars.STAMP).is_file() and not jars.is_complete(
+            path, lock
+        ):  # install-jars filled it, for another set
+            raise LaunchError(
+                f"the KCL jars in {path} were installed for another release of thyme-kinesis than this one (KCL "
+                f"{lock.kcl_version}, {len(lock.jars)} jars pinned): run thyme kinesis install-jars --into {path} "
+                "(it fetches what changed), or point THYME_KCL_CLASSPATH at a folder installed by this release."
+            )
         return path
     lock = jars.read_lock()
     if jars.is_complete(path, lock):
@@ -317,6 +328,7 @@ def plan(
         shutdown_grace_ms=options.shutdown_grace_ms,
         failover_time_ms=options.failover_time_ms,
         assignment_ms=options.assignment_ms,
+        max_records=options.max_records,
         child_timeout_s=options.child_timeout_s,
         leader_lock_s=options.leader_lock_s,
         retrieval=options.retrieval,
