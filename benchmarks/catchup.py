@@ -11,9 +11,10 @@ aggregate rows/s (from the first row to the last: start-up excluded), the fastes
 slowest shard's finishing time (no shard starved: their ratio), peak RSS of the
 tree, the JVM and the largest child.
 
-The local emulator is slow to fill (kinesis-mock, ~250-600 records/s through PutRecords here),
-so the backlog is scaled down from the issue's 20,000 records per shard: the default is 1,000
-records of 1 KiB per shard (1 MiB per shard, a 1,000-record batch per GetRecords).
+The local emulator is slow to fill (kinesis-mock takes ~1,000 records/s through PutRecords from
+four threads here), so the backlog is scaled down from 64 shards x 20,000 records (1.28M records,
+~20 minutes to produce) to the same total for every shard count: 160,000 records of 512 B, i.e.
+20,000 per shard on 8 shards and 2,500 per shard on 64 (``--total``, ``--record-bytes``).
 
     .venv/bin/python benchmarks/catchup.py                          # 8 and 64 shards
     .venv/bin/python benchmarks/catchup.py --shards 64 --max-records 250 --java-opts "-Xmx256m"
@@ -24,14 +25,11 @@ Results: a table on stdout and ``benchmarks/results/catchup.json`` (appended per
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -45,9 +43,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(BENCH))
 
-import local_aws  # noqa: E402
 import streams  # noqa: E402
-from shards import THYME, _cmdline, _rss_kib  # noqa: E402
+from shards import THYME, _cmdline, _rss_kib, fresh_stack, stop  # noqa: E402
 
 APP: Final = """\
 from datetime import datetime
@@ -141,11 +138,12 @@ class Sampler:
 
 
 def one(args: argparse.Namespace, shards: int, work: Path, store_url: str) -> dict[str, Any]:
+    per_shard = args.total // shards
     client = streams.kinesis_client()
     name = f"bench-catchup-{shards}-{uuid.uuid4().hex[:6]}"
     arn = streams.create_stream(client, name, shards)
-    produced_s = produce(client, name, args.records, args.record_bytes, args.producers)
-    total = shards * args.records
+    produced_s = produce(client, name, per_shard, args.record_bytes, args.producers)
+    total = shards * per_shard
     app = work / f"app_{shards}.py"
     app.write_text(APP.format(arn=arn))
     env = {**os.environ, "THYME_JAVA_OPTS": args.java_opts} if args.java_opts else dict(os.environ)
@@ -165,7 +163,7 @@ def one(args: argparse.Namespace, shards: int, work: Path, store_url: str) -> di
             if first_row is None and counts:
                 first_row = time.monotonic() - began
             for shard, count in counts.items():
-                if count >= args.records and shard not in finished:
+                if count >= per_shard and shard not in finished:
                     finished[shard] = time.monotonic() - began
             if len(finished) == shards:
                 break
@@ -176,7 +174,7 @@ def one(args: argparse.Namespace, shards: int, work: Path, store_url: str) -> di
         first = min(finished.values())
         return {
             "shards": shards,
-            "records_per_shard": args.records,
+            "records_per_shard": per_shard,
             "record_bytes": args.record_bytes,
             "max_records": args.max_records,
             "java_opts": args.java_opts,
@@ -194,22 +192,15 @@ def one(args: argparse.Namespace, shards: int, work: Path, store_url: str) -> di
         }
     finally:
         sampler.stop()
-        consumer.send_signal(signal.SIGTERM)
-        try:
-            consumer.wait(120)
-        except subprocess.TimeoutExpired:
-            for pid in [consumer.pid, *streams.descendants(consumer.pid)]:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            consumer.wait(30)
+        stop(consumer)
         log.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--shards", default="8,64", help="comma-separated shard counts")
-    parser.add_argument("--records", type=int, default=1000, help="records per shard (default 1000)")
-    parser.add_argument("--record-bytes", type=int, default=1024)
+    parser.add_argument("--total", type=int, default=160_000, help="records in all, spread evenly over the shards")
+    parser.add_argument("--record-bytes", type=int, default=512)
     parser.add_argument("--producers", type=int, default=4, help="producer threads")
     parser.add_argument("--max-records", type=int, default=10_000, help="run --max-records")
     parser.add_argument("--java-opts", default="", help="THYME_JAVA_OPTS for the daemon")
@@ -219,21 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = []
     for count in [int(n) for n in args.shards.split(",")]:
-        with tempfile.TemporaryDirectory(prefix="thyme-catchup-") as tmp:
-            work = Path(tmp)
-            stack = local_aws.LocalAWS(state_dir=work / "aws")
-            stack.start()
-            try:
-                os.environ.update(stack.env())
-                if args.postgres:
-                    from tests.pg_server import PgServer
+        with fresh_stack("thyme-catchup-") as work:
+            if args.postgres:
+                from tests.pg_server import PgServer
 
-                    with PgServer() as pg:
-                        result = one(args, count, work, pg.create_database())
-                else:
-                    result = one(args, count, work, f"sqlite:///{work / 'catchup.db'}")
-            finally:
-                stack.stop()
+                with PgServer() as pg:
+                    result = one(args, count, work, pg.create_database())
+            else:
+                result = one(args, count, work, f"sqlite:///{work / 'catchup.db'}")
         results.append(result)
         print(json.dumps(result), flush=True)
     print("\nshards  store  max-records  catch-up  rows/s  fastest/slowest shard  peak tree  JVM  largest child")

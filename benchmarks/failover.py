@@ -42,6 +42,13 @@ from tests.e2e.harness import Consumer  # noqa: E402
 from tests.pg_server import PgServer  # noqa: E402
 
 
+def write(out: Path, results: dict[str, list[Trial]]) -> None:
+    rows = {label: summary(trials) for label, trials in results.items()}
+    trials = {k: [json.loads(t.line()) for t in v] for k, v in results.items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"summary": rows, "trials": trials}, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=5)
@@ -70,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
             with PgServer() as pg:
                 os.environ.update(stack.env())
                 kinesis = streams.kinesis_client()
-                for label, scenario, extra in runs:
+                for index, (label, scenario, extra) in enumerate(runs):
                     for trial in range(args.trials):
-                        folder = root / f"{scenario}-{len(results.get(label, []))}-{trial}"
+                        folder = root / f"run-{index}-{trial}"
                         folder.mkdir()
                         started: list[Consumer] = []
                         make = consumer_factory(stack.env(), folder, started)
@@ -81,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                         )
                         results.setdefault(label, []).append(outcome)
                         sys.stderr.write(f"{label} #{trial + 1}: {outcome.line()}\n")
+                        write(out, results)  # kept as it goes: a later failure loses nothing
         finally:
             stack.stop()
     rows = {label: summary(trials) for label, trials in results.items()}
@@ -101,13 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             f"kill -9 of the leader: median {ours['median_s']} s vs {floor['median_s']} s with KCL's own lock "
             f"({floor['median_s'] / ours['median_s']:.1f}x faster)\n"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {"summary": rows, "trials": {k: [json.loads(t.line()) for t in v] for k, v in results.items()}}, indent=2
-        )
-        + "\n"
-    )
+    write(out, results)
     return 0 if all(r["lost"] == 0 and r["twice"] == 0 for r in rows.values()) else 1
 
 

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -78,6 +79,32 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+@contextlib.contextmanager
+def fresh_stack(prefix: str) -> Iterator[Path]:
+    """A scratch folder with a new local stack running, its endpoints in this process's environment."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        work = Path(tmp)
+        stack = local_aws.LocalAWS(state_dir=work / "aws")
+        stack.start()
+        try:
+            os.environ.update(stack.env())
+            yield work
+        finally:
+            stack.stop()
+
+
+def stop(consumer: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, as a container stop; after 120 s, kill -9 the whole tree."""
+    consumer.send_signal(signal.SIGTERM)
+    try:
+        consumer.wait(120)
+    except subprocess.TimeoutExpired:
+        for pid in [consumer.pid, *streams.descendants(consumer.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        consumer.wait(30)
 
 
 def one(shards: int, work: Path, idle_s: float, timeout_s: float) -> dict[str, Any]:
@@ -141,14 +168,7 @@ def one(shards: int, work: Path, idle_s: float, timeout_s: float) -> dict[str, A
             "idle_s": idle_s,
         }
     finally:
-        consumer.send_signal(signal.SIGTERM)
-        try:
-            consumer.wait(120)
-        except subprocess.TimeoutExpired:
-            for pid in [consumer.pid, *streams.descendants(consumer.pid)]:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            consumer.wait(30)
+        stop(consumer)
         log.close()
 
 
@@ -161,15 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = []
     for count in [int(n) for n in args.shards.split(",")]:
-        with tempfile.TemporaryDirectory(prefix="thyme-shards-") as tmp:
-            work = Path(tmp)
-            stack = local_aws.LocalAWS(state_dir=work / "aws")
-            stack.start()
-            try:
-                os.environ.update(stack.env())
-                result = one(count, work, args.idle_s, args.timeout_s)
-            finally:
-                stack.stop()
+        with fresh_stack("thyme-shards-") as work:
+            result = one(count, work, args.idle_s, args.timeout_s)
         results.append(result)
         print(json.dumps(result), flush=True)
     print("\nshards  every shard's first row  child RSS mean/max  JVM RSS  tree RSS  idle CPU per shard")

@@ -47,6 +47,8 @@ deploy)."""
 class Trial:
     scenario: str
     victim: str
+    victim_shards: list[str]
+    """The shards the victim held just before the fault: the ones that had to move."""
     leader_before: str | None
     resumed_s: float
     """From the fault until every shard had a record put after it in the store."""
@@ -153,8 +155,18 @@ def run_trial(
         leader = wait_for(settled, 180, "the leases split between both hosts and a leader", interval=1)
         before = set(producer.produced())
         wait_for(lambda: set(view.applied()) >= before, 120, "the records put so far in the store", interval=1)
-        leader = settled() or leader
-        victim = leader if scenario.endswith(("leader", "leader-jvm")) else next(h for h in hosts if h != leader)
+
+        def chosen() -> tuple[str, str, list[str]] | None:
+            """The leader, the victim and the victim's shards, read just before the fault: KCL 3
+            rebalances, so a host that held shards a moment ago may hold none now."""
+            lead = settled()
+            if lead is None:
+                return None
+            victim = lead if scenario.endswith(("leader", "leader-jvm")) else next(h for h in hosts if h != lead)
+            held = sorted(shard for shard, owner in owners(hosts["host-a"]).items() if owner == victim)
+            return (lead, victim, held) if held else None
+
+        leader, victim, victim_shards = wait_for(chosen, 120, "the victim to hold shards", interval=0.5)
 
         faulted = time.monotonic()
         target = hosts[victim]
@@ -192,6 +204,7 @@ def run_trial(
         return Trial(
             scenario=scenario,
             victim=victim,
+            victim_shards=victim_shards,
             leader_before=leader,
             resumed_s=resumed_s,
             per_shard_s=dict(sorted(seen_at.items())),

@@ -76,6 +76,18 @@ def consume(
     return [json.loads(line) for line in log.read_text().splitlines()]  # every line one JSON object
 
 
+def install_jars(thyme: str, kcl: Path, env: dict[str, str], cwd: Path) -> None:
+    """``install-jars --into kcl`` (it fetches what is missing), then ``--verify``, as the image build does."""
+    fetched = run([thyme, "kinesis", "install-jars", "--into", str(kcl)], env, cwd, INSTALL_TIMEOUT_S)
+    assert (fetched.returncode, fetched.stdout) == (0, f"{kcl}\n"), fetched.stderr[-3000:]
+    assert [json.loads(line)["message"] for line in fetched.stderr.splitlines()] == [
+        "fetching the KCL classpath",
+        "KCL classpath ready",
+    ]
+    verified = run([thyme, "kinesis", "install-jars", "--into", str(kcl), "--verify"], env, cwd)
+    assert (verified.returncode, verified.stderr) == (0, "")
+
+
 def test_the_wheel_in_a_fresh_virtualenv_fetches_its_jars_and_consumes_then_upgrades(
     aws: dict[str, str], kinesis: Any, tmp_path: Path
 ) -> None:
@@ -136,14 +148,7 @@ def test_the_wheel_in_a_fresh_virtualenv_fetches_its_jars_and_consumes_then_upgr
         f"thyme-kinesis 0.1.0; KCL MultiLangDaemon 3.1.3 (pinned; not installed in {cache})"
     )
     kcl = tmp_path / "opt-kcl-lib"
-    fetched = run([thyme, "kinesis", "install-jars", "--into", str(kcl)], env, tmp_path, INSTALL_TIMEOUT_S)
-    assert (fetched.returncode, fetched.stdout) == (0, f"{kcl}\n"), fetched.stderr[-3000:]
-    assert [json.loads(line)["message"] for line in fetched.stderr.splitlines()] == [
-        "fetching the KCL classpath",
-        "KCL classpath ready",
-    ]
-    verified = run([thyme, "kinesis", "install-jars", "--into", str(kcl), "--verify"], env, tmp_path)
-    assert (verified.returncode, verified.stderr) == (0, "")
+    install_jars(thyme, kcl, env, tmp_path)
     env |= {"THYME_KCL_CLASSPATH": str(kcl), "THYME_KCL_AUTO_INSTALL": "0"}  # as the image runs
 
     stream = unique("e2e-wheel")
@@ -164,14 +169,7 @@ def test_the_wheel_in_a_fresh_virtualenv_fetches_its_jars_and_consumes_then_upgr
     assert version.stdout.startswith("thyme-kinesis 0.2.0; KCL MultiLangDaemon 3.1.3"), version.stdout
     # this release pins other jars (KCL core 3.3.0) and an entry point: the image is built anew,
     # install-jars into the same folder fetches what changed and compiles the entry point
-    refetched = run([thyme, "kinesis", "install-jars", "--into", str(kcl)], env, tmp_path, INSTALL_TIMEOUT_S)
-    assert (refetched.returncode, refetched.stdout) == (0, f"{kcl}\n"), refetched.stderr[-3000:]
-    assert [json.loads(line)["message"] for line in refetched.stderr.splitlines()] == [
-        "fetching the KCL classpath",
-        "KCL classpath ready",
-    ]
-    verified = run([thyme, "kinesis", "install-jars", "--into", str(kcl), "--verify"], env, tmp_path)
-    assert (verified.returncode, verified.stderr) == (0, "")
+    install_jars(thyme, kcl, env, tmp_path)
     second = events(20, 20)
     produce(kinesis, stream, second)
     lines = consume(thyme, env, tmp_path, app, store, application, second[-1])
