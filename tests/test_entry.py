@@ -54,9 +54,12 @@ def test_it_compiles_against_the_pinned_classpath(compiled: Path) -> None:
             "thyme.leaderLockHeartbeatMillis (15000) must be less than thyme.leaderLockLeaseMillis (15000)",
         ),
         ("thyme.leaderLockLeaseMillis = soon\n", "thyme.leaderLockLeaseMillis: expected a positive number"),
+        ("thyme.prefetchBatches = 0\n", "thyme.prefetchBatches: expected a positive number of batches, got 0"),
+        ("thyme.prefetchBytes = 4GiB\n", "thyme.prefetchBytes: expected a positive number of bytes, got 4GiB"),
+        ("thyme.prefetchBytes = 4294967296\n", "thyme.prefetchBytes: at most 2147483647, got 4294967296"),
     ],
 )
-def test_bad_lock_settings_stop_the_jvm_with_one_line_before_any_aws_call(
+def test_bad_settings_stop_the_jvm_with_one_line_before_any_aws_call(
     compiled: Path, tmp_path: Path, lines: str, said: str
 ) -> None:
     done = run_daemon(compiled, tmp_path, "executableName = python3\nstreamName = s\napplicationName = a\n" + lines)

@@ -51,6 +51,7 @@ KCL_KEYS = {
     "parentShardPollIntervalMillis",
     "inMemoryWorkerMetricsCaptureFrequencyMillis",
     "workerMetricsReporterFreqInMillis",
+    "maxLeasesForWorker",
     "fanoutConfig.consumerName",  # a nested key: the daemon's FanoutConfigBean (tests/e2e/test_fanout_e2e.py)
 }
 
@@ -61,7 +62,12 @@ def parse(text: str) -> dict[str, str]:
 
 
 # Our entry point's own keys (thyme/kinesis/java/ThymeMultiLangDaemon.java reads them by these names).
-ENTRY_KEYS = {"thyme.leaderLockLeaseMillis", "thyme.leaderLockHeartbeatMillis"}
+ENTRY_KEYS = {
+    "thyme.leaderLockLeaseMillis",
+    "thyme.leaderLockHeartbeatMillis",
+    "thyme.prefetchBatches",
+    "thyme.prefetchBytes",
+}
 
 
 def test_every_key_is_a_real_kcl_key_or_our_entry_points() -> None:

@@ -87,11 +87,19 @@ class KclProperties(BaseModel):
     """A child that sends nothing for this long (a hung batch) makes the daemon halt (exit 1),
     so the launcher restarts it. Unset: wait forever. Must exceed the store retry bound."""
 
+    max_leases_for_worker: int | None = Field(None, alias="maxLeasesForWorker", ge=1)
+    """The most shards this worker holds (``run --max-shards``); KCL 3's leader assigns no more.
+    None: unlimited."""
+
     leader_lock_lease_ms: int | None = Field(None, alias="thyme.leaderLockLeaseMillis", ge=1)
     """Not KCL's: read by our entry point (``thyme.kinesis.entry``), which sets KCL core's
     ``dynamoDbLockBasedLeaderLeaseDurationInMillis`` (KCL: 120 s). None: KCL's."""
     leader_lock_heartbeat_ms: int | None = Field(None, alias="thyme.leaderLockHeartbeatMillis", ge=1)
     """Not KCL's: how often the leader renews the lock (KCL: 30 s); less than the lease."""
+    prefetch_batches: int | None = Field(None, alias="thyme.prefetchBatches", ge=1, le=1000)
+    """Not KCL's: batches fetched ahead per shard, polling only (KCL: 4); set by the entry point."""
+    prefetch_bytes: int | None = Field(None, alias="thyme.prefetchBytes", ge=1, le=2**31 - 1)
+    """Not KCL's: bytes fetched ahead per shard, polling only (KCL: 8 MiB)."""
 
     def render(self, redact_credentials: bool = False) -> str:
         """The file's text. ``redact_credentials`` hides assumed-role ARNs and ExternalIds (for printing)."""
@@ -160,6 +168,8 @@ def build_properties(
     leader_lock_s: int | None = DEFAULT_LEADER_LOCK_S,
     retrieval: Retrieval = "polling",
     consumer_name: str | None = None,
+    max_shards: int | None = None,
+    prefetch: tuple[int, int] | None = None,
 ) -> KclProperties:
     """The properties for consuming ``connection``'s stream into ``dataset`` with the child
     ``<python> -m record_processor``.
@@ -171,6 +181,9 @@ def build_properties(
 
     ``leader_lock_s`` is the leader lock's lease (renewed every third of it); None keeps KCL's
     120 s (renewed every 30 s).
+
+    ``max_shards`` is KCL's ``maxLeasesForWorker``; ``prefetch`` the batches and bytes fetched
+    ahead per shard (polling only; ``thyme.kinesis.budget`` derives both from a memory budget).
 
     ``profile`` defaults to ``"local"`` when the connection has an endpoint URL (a local
     stack): fast lease discovery and assignment, no CloudWatch metrics (KCL has no
@@ -235,6 +248,9 @@ def build_properties(
         child_timeout_s=child_timeout_s,
         leader_lock_lease_ms=None if leader_lock_s is None else leader_lock_s * 1000,
         leader_lock_heartbeat_ms=None if leader_lock_s is None else leader_lock_s * 1000 // 3,
+        max_leases_for_worker=max_shards,
+        prefetch_batches=None if prefetch is None or retrieval == "fan-out" else prefetch[0],
+        prefetch_bytes=None if prefetch is None or retrieval == "fan-out" else prefetch[1],
         # Measured on the local stack: with KCL's defaults a new application takes
         # ~2 minutes to deliver a first record; these take it to ~10-20 s on a local stack.
         shard_sync_interval_ms=1 if local else None,

@@ -15,6 +15,10 @@
  * Its own keys live in the same properties file (KCL ignores keys it does not know):
  *   thyme.leaderLockLeaseMillis      the lock's lease (KCL: 120000)
  *   thyme.leaderLockHeartbeatMillis  how often the leader renews it (KCL: 30000); must be less
+ *   thyme.prefetchBatches            polling: batches fetched ahead per shard (KCL: 4)
+ *   thyme.prefetchBytes              polling: bytes fetched ahead per shard (KCL: 8 MiB)
+ * The last two bound what the JVM holds for a backlogged shard (a memory budget: `run
+ * --memory-budget`); the properties file has no keys for them either.
  *
  * Compiled by `thyme kinesis install-jars` (or the first `thyme kinesis run`) against the pinned
  * classpath with javac; without a JDK the launcher starts MultiLangDaemon itself and says so.
@@ -41,10 +45,14 @@ import software.amazon.kinesis.leases.Lease;
 import software.amazon.kinesis.leases.LeaseManagementConfig;
 import software.amazon.kinesis.leases.LeaseRefresher;
 import software.amazon.kinesis.multilang.MultiLangDaemonConfig;
+import software.amazon.kinesis.retrieval.RetrievalConfig;
+import software.amazon.kinesis.retrieval.polling.PollingConfig;
 
 public final class ThymeMultiLangDaemon {
     static final String LEASE_KEY = "thyme.leaderLockLeaseMillis";
     static final String HEARTBEAT_KEY = "thyme.leaderLockHeartbeatMillis";
+    static final String PREFETCH_BATCHES_KEY = "thyme.prefetchBatches";
+    static final String PREFETCH_BYTES_KEY = "thyme.prefetchBytes";
 
     private ThymeMultiLangDaemon() {}
 
@@ -59,7 +67,42 @@ public final class ThymeMultiLangDaemon {
         return new long[] {lease, heartbeat};
     }
 
+    /** The prefetch bounds read from the properties file: {batches, bytes}, 0 where unset. */
+    static long[] prefetch(Properties properties) {
+        long bytes = positive(properties, PREFETCH_BYTES_KEY, "a positive number of bytes");
+        if (bytes > Integer.MAX_VALUE) {
+            throw new IllegalArgumentException(PREFETCH_BYTES_KEY + ": at most " + Integer.MAX_VALUE + ", got " + bytes);
+        }
+        long batches = positive(properties, PREFETCH_BATCHES_KEY, "a positive number of batches");
+        if (batches > 1000) {
+            throw new IllegalArgumentException(PREFETCH_BATCHES_KEY + ": at most 1000, got " + batches);
+        }
+        return new long[] {batches, bytes};
+    }
+
+    /**
+     * Sets the prefetch bounds on the Scheduler's polling configuration, before run() builds the
+     * retrieval factory from it; with fan-out (no prefetch cache of this kind) it does nothing.
+     * Returns whether they apply.
+     */
+    static boolean apply(RetrievalConfig retrieval, long[] prefetch) {
+        if (!(retrieval.retrievalSpecificConfig() instanceof PollingConfig polling)) {
+            return false;
+        }
+        if (prefetch[0] > 0) {
+            polling.maxPendingProcessRecordsInput((int) prefetch[0]);
+        }
+        if (prefetch[1] > 0) {
+            polling.recordsFetcherFactory().maxByteSize((int) prefetch[1]);
+        }
+        return true;
+    }
+
     private static long millis(Properties properties, String key) {
+        return positive(properties, key, "a positive number of milliseconds");
+    }
+
+    private static long positive(Properties properties, String key, String expected) {
         String text = properties.getProperty(key);
         if (text == null || text.isBlank()) {
             return 0;
@@ -71,7 +114,7 @@ public final class ThymeMultiLangDaemon {
             }
             return value;
         } catch (NumberFormatException e) {
-            throw new IllegalArgumentException(key + ": expected a positive number of milliseconds, got " + text);
+            throw new IllegalArgumentException(key + ": expected " + expected + ", got " + text);
         }
     }
 
@@ -138,6 +181,7 @@ public final class ThymeMultiLangDaemon {
                 own.load(reader);
             }
             long[] timing = lockTiming(own);
+            long[] prefetch = prefetch(own);
             MultiLangDaemonConfig config = new MultiLangDaemonConfig(propertiesFile);
             Scheduler scheduler =
                     config.getMultiLangDaemonConfiguration().build(config.getRecordProcessorFactory());
@@ -147,6 +191,13 @@ public final class ThymeMultiLangDaemon {
                     "leader lock lease {} ms, heartbeat {} ms",
                     leases.dynamoDbLockBasedLeaderLeaseDurationInMillis(),
                     leases.dynamoDbLockBasedLeaderHeartbeatPeriodInMillis());
+            if (apply(scheduler.retrievalConfig(), prefetch)
+                    && scheduler.retrievalConfig().retrievalSpecificConfig() instanceof PollingConfig polling) {
+                log.info(
+                        "prefetch per shard: {} batches, {} bytes",
+                        polling.maxPendingProcessRecordsInput(),
+                        polling.recordsFetcherFactory().maxByteSize());
+            }
             long grace = config.getMultiLangDaemonConfiguration().getShutdownGraceMillis();
             Runtime.getRuntime().addShutdownHook(new Thread(() -> {
                 log.info("Process terminated, will initiate shutdown.");
