@@ -77,6 +77,8 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
             ("failover_ms", "failover_time_ms"),
             ("assignment_ms", "assignment_ms"),
             ("max_records", "max_records"),
+            ("max_shards", "max_shards"),
+            ("memory_budget", "memory_budget"),
         )
         if arg in given  # `status` has none of the daemon's settings
     }
@@ -87,6 +89,8 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
         daemon["consumer_name"] = given["consumer_name"]
     if "leader_lock_s" in given:
         daemon["leader_lock_s"] = given["leader_lock_s"] or None  # 0: KCL's own timing
+    if given.get("record_size") is not None:
+        daemon["record_size"] = given["record_size"]
     return RunOptions(
         store_url=args.store,
         application_name=args.application_name,
@@ -262,6 +266,15 @@ def _max_records(value: str) -> int:
     return _checked(value, int, lambda n: 1 <= n <= 10_000, "not a whole number from 1 to 10000 (Kinesis' limit)")
 
 
+def _size(value: str) -> int:
+    from thyme.kinesis.budget import parse_size
+
+    try:
+        return parse_size(value, "size")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a size such as 2GiB, 1536MiB or 512KiB: {value!r}") from exc
+
+
 def _positive_int(value: str) -> int:
     return _checked(value, int, lambda n: n > 0, "not a positive whole number")
 
@@ -406,6 +419,28 @@ def _add_daemon_options(command: argparse.ArgumentParser) -> None:
         default=10_000,
         help="maxRecords: the most records one GetRecords call, and so one batch to a shard's child, holds "
         "(1-10000, default 10000; lower bounds each child's memory while a shard catches up)",
+    )
+    command.add_argument(
+        "--max-shards",
+        type=_positive_int,
+        default=None,
+        help="maxLeasesForWorker: the most shards this host holds (default: no limit). Shards beyond what "
+        "all hosts together may hold wait unconsumed: with S shards on R hosts give ceil(S/(R-1)) or more",
+    )
+    command.add_argument(
+        "--memory-budget",
+        type=_size,
+        default=None,
+        metavar="SIZE",
+        help="memory the whole host (launcher, JVM, one child per shard) may use with every shard backlogged, "
+        "e.g. 2GiB: sets maxRecords, the prefetch and the JVM heap to fit (needs --max-shards; polling only)",
+    )
+    command.add_argument(
+        "--record-size",
+        type=_size,
+        default=None,
+        metavar="SIZE",
+        help="the records' usual size, for --memory-budget to count batches in records (default 1KiB)",
     )
     command.add_argument(
         "--assignment-ms",

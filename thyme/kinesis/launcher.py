@@ -48,7 +48,7 @@ from thyme.handover import (
     ProcessorConfig,
     is_batch_line,
 )
-from thyme.kinesis import entry, jars
+from thyme.kinesis import budget, entry, jars
 from thyme.kinesis.aws import AwsError
 from thyme.kinesis.bootstrap import bootstrap_leases
 from thyme.kinesis.entry import DEFAULT_LEADER_LOCK_S, KCL_LEADER_LOCK_S
@@ -105,6 +105,13 @@ class RunOptions:
     failover_time_ms: int = 10_000
     max_records: int = 10_000
     """KCL's ``maxRecords``: the most records one GetRecords (and so one batch to a child) holds."""
+    max_shards: int | None = None
+    """KCL's ``maxLeasesForWorker``: the most shards this host holds; None: unlimited."""
+    memory_budget: int | None = None
+    """Bytes the whole host (launcher, JVM, children) may use with every shard backlogged: sets
+    ``maxRecords``, the prefetch and the JVM heap (``thyme.kinesis.budget``); needs ``max_shards``."""
+    record_size: int = budget.DEFAULT_RECORD_SIZE
+    """The records' usual size, which the memory budget turns batch bytes into records with."""
     assignment_ms: int | None = None
     """KCL's ``leaseAssignmentIntervalMillis``; None: the profile's (500 ms local, 2 s aws)."""
     child_timeout_s: int | None = DEFAULT_CHILD_TIMEOUT_S
@@ -155,6 +162,8 @@ class Plan:
     sts_endpoint_url: str | None = None
     entry: Path | None = None
     """The compiled ``ThymeMultiLangDaemon`` (``thyme.kinesis.entry``); None: the stock MultiLangDaemon."""
+    memory: budget.MemoryPlan | None = None
+    """The settings a memory budget decided (``RunOptions.memory_budget``)."""
 
     @property
     def leader_lock_s(self) -> float:
@@ -163,7 +172,8 @@ class Plan:
         return KCL_LEADER_LOCK_S if lease_ms is None else lease_ms / 1000
 
     def command(self, properties_file: Path) -> list[str]:
-        opts = os.environ.get(ENV_JAVA_OPTS, "").split()
+        # the budget's heap first: -Xmx in THYME_JAVA_OPTS comes later and wins
+        opts = [*(self.memory.java_opts() if self.memory else []), *os.environ.get(ENV_JAVA_OPTS, "").split()]
         classpath = f"{self.classpath}/*" if self.entry is None else f"{self.classpath}/*{os.pathsep}{self.entry}"
         return [
             self.java,
@@ -301,6 +311,7 @@ def plan(
     if schema is None or spec is None:
         raise LoadError(f"{getattr(klass, '__name__', klass)} is not a @source(KinesisSource(...)) @dataset class")
     _check_child_timeout(options.child_timeout_s, environ)
+    memory = _memory_plan(options)
     connection = spec.connector.resolve(environ)  # resolves the role secret: fails here if unset
     url = store_url(options.store_url)
     if open_the_store:
@@ -328,11 +339,13 @@ def plan(
         shutdown_grace_ms=options.shutdown_grace_ms,
         failover_time_ms=options.failover_time_ms,
         assignment_ms=options.assignment_ms,
-        max_records=options.max_records,
+        max_records=options.max_records if memory is None else min(options.max_records, memory.max_records),
         child_timeout_s=options.child_timeout_s,
         leader_lock_s=options.leader_lock_s,
         retrieval=options.retrieval,
         consumer_name=options.consumer_name,
+        max_shards=options.max_shards,
+        prefetch=None if memory is None else (memory.prefetch_batches, memory.prefetch_bytes),
     )
     config = ProcessorConfig(
         dataset=schema,
@@ -355,8 +368,45 @@ def plan(
     java = find_java()
     daemon = entry.ensure(classpath, java) if open_the_store else entry.compiled(classpath)
     if daemon is None and open_the_store:  # the stock daemon cannot read our keys: say KCL's timing
-        properties = properties.model_copy(update={"leader_lock_lease_ms": None, "leader_lock_heartbeat_ms": None})
-    return Plan(properties, config, java, classpath, logback_file(), connection, sts, daemon)
+        properties = properties.model_copy(
+            update={
+                "leader_lock_lease_ms": None,
+                "leader_lock_heartbeat_ms": None,
+                "prefetch_batches": None,
+                "prefetch_bytes": None,
+            }
+        )
+        if memory is not None:
+            log.warning(
+                "the stock daemon keeps KCL's prefetch (4 batches, 8 MiB a shard): the memory budget holds only "
+                "with the entry point (install a JDK, then thyme kinesis install-jars)",
+                extra={"fields": {"event": "budget_without_entry_point"}},
+            )
+    if memory is not None and open_the_store:
+        log.info(memory.describe(), extra={"fields": {"event": "memory_budget", "max_records": properties.max_records}})
+    return Plan(properties, config, java, classpath, logback_file(), connection, sts, daemon, memory)
+
+
+def _memory_plan(options: RunOptions) -> budget.MemoryPlan | None:
+    """The settings for ``--memory-budget`` (None without one); errors name the option to change."""
+    if options.memory_budget is None:
+        return None
+    if options.max_shards is None:
+        raise ConfigError(
+            "--memory-budget",
+            "needs --max-shards: the budget is shared by the shards this host may hold",
+            "Add --max-shards N (KCL's maxLeasesForWorker): with S shards on R hosts, ceil(S/R), or "
+            "ceil(S/(R-1)) for the others to take a lost host's shards.",
+            value=f"{options.memory_budget // budget.MIB}MiB",
+        )
+    if options.retrieval == "fan-out":
+        raise ConfigError(
+            "--memory-budget",
+            "plans polling's batches and prefetch; enhanced fan-out pushes its own",
+            "Drop --memory-budget with --retrieval fan-out and size the host by docs/deploy.md.",
+            value=f"{options.memory_budget // budget.MIB}MiB",
+        )
+    return budget.plan(options.memory_budget, options.max_shards, options.record_size)
 
 
 def _write_private(path: Path, text: str) -> None:
