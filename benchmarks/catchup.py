@@ -1,23 +1,26 @@
 """Catch-up after an outage: every shard backlogged at once, one host, and what it costs.
 
-For each shard count, on a fresh local stack: a stream with that many shards; ``--records``
-records of ``--record-bytes`` put on every shard (by explicit hash key, 500 per PutRecords, from
-``--producers`` threads) *before* the consumer starts; then ``thyme kinesis run`` on a new
+For each shard count, on a fresh local stack: a stream with that many shards; ``--total``
+records of ``--record-bytes`` spread evenly over its shards (by explicit hash key, from
+``--producers`` threads; see ``BULK_UP_TO``) *before* the consumer starts; then ``thyme kinesis run`` on a new
 application from TRIM_HORIZON (SQLite store, or PostgreSQL with ``--postgres``), with
-``--max-records`` and ``THYME_JAVA_OPTS`` as given. Sampled every 0.5 s: the RSS of the launcher,
-the JVM and every child (the whole tree's peak is the figure a pod limit must hold); every second:
-rows per shard in the store. Reported: seconds until every record is a row,
-aggregate rows/s (from the first row to the last: start-up excluded), the fastest and
-slowest shard's finishing time (no shard starved: their ratio), peak RSS of the
-tree, the JVM and the largest child.
+``--memory-budget`` (with ``--max-shards`` the shard count), ``--max-records`` and
+``THYME_JAVA_OPTS`` as given. Sampled every 0.5 s: the memory of the launcher, the JVM and every
+child (the whole tree's peak PSS is what a container's limit holds; its RSS sum, what the budget
+models), and the CPU time of every part and of the emulators; every second: rows per shard in
+the store. Reported: seconds until every record is a row, aggregate rows/s (from the first row
+to the last: start-up excluded), the fastest and slowest shard's finishing time (no shard
+starved: their ratio), the peaks, and the cores each part used while catching up.
 
-The local emulator is slow to fill (kinesis-mock takes ~1,000 records/s through PutRecords from
-four threads here), so the backlog is scaled down from 64 shards x 20,000 records (1.28M records,
-~20 minutes to produce) to the same total for every shard count: 160,000 records of 512 B, i.e.
-20,000 per shard on 8 shards and 2,500 per shard on 64 (``--total``, ``--record-bytes``).
+The local emulator is slow to fill: its PutRecords slows down as a shard grows (see
+``BULK_UP_TO``), its PutRecord takes ~500 records/s whatever the size. So the backlog is scaled
+down from 64 shards x 20,000 records (1.28M records, ~45 minutes to produce) to the same total for
+every shard count: 160,000 records of 512 B, i.e. 20,000 per shard on 8 shards and 2,500 per
+shard on 64 (``--total``, ``--record-bytes``); producing it takes 3-6 minutes.
 
-    .venv/bin/python benchmarks/catchup.py                          # 8 and 64 shards
-    .venv/bin/python benchmarks/catchup.py --shards 64 --max-records 250 --java-opts "-Xmx256m"
+    .venv/bin/python benchmarks/catchup.py --memory-budget 2GiB             # 8 and 64 shards
+    .venv/bin/python benchmarks/catchup.py --shards 64 --memory-budget 2GiB --postgres
+    .venv/bin/python benchmarks/catchup.py --shards 64 --max-records 500 --java-opts "-Xmx256m"
 
 Results: a table on stdout and ``benchmarks/results/catchup.json`` (appended per run).
 """
@@ -30,6 +33,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -43,8 +47,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(BENCH))
 
+import local_aws  # noqa: E402
 import streams  # noqa: E402
-from shards import THYME, _cmdline, _rss_kib, fresh_stack, stop  # noqa: E402
+from shards import THYME, _cmdline, fresh_stack, stop  # noqa: E402
 
 APP: Final = """\
 from datetime import datetime
@@ -63,6 +68,14 @@ class Backlog:
 """
 
 
+BULK_UP_TO: Final = 4_000
+"""Records per shard put with PutRecords (500 a call) before switching to one PutRecord each.
+kinesis-mock 0.6.2 groups a PutRecords call's entries by (shard, every record already in that
+shard): each entry costs time in proportion to the shard's length (measured: 0.6 ms a record
+on an empty shard, 2.9 ms at 6,000), so filling a shard that way is quadratic. PutRecord appends
+in constant time (~2.1 ms a record here, the emulator's own CPU): the cheaper one past ~4,000."""
+
+
 def produce(client: Any, stream: str, records: int, size: int, producers: int) -> float:
     """Put ``records`` records on every shard; returns the seconds it took."""
     shards = client.list_shards(StreamName=stream)["Shards"]
@@ -71,17 +84,22 @@ def produce(client: Any, stream: str, records: int, size: int, producers: int) -
 
     def one_shard(shard: dict[str, Any]) -> None:
         key, sid = shard["HashKeyRange"]["StartingHashKey"], shard["ShardId"]
-        for start in range(0, records, 500):
-            batch = []
-            for n in range(start, min(records, start + 500)):
-                body = {"id": f"{sid}-{n}", "shard": sid, "pad": "", "timestamp": now}
-                body["pad"] = "x" * max(0, size - len(json.dumps(body)))
-                batch.append({"Data": json.dumps(body).encode(), "PartitionKey": "p", "ExplicitHashKey": key})
+
+        def record(n: int) -> dict[str, Any]:
+            body = {"id": f"{sid}-{n}", "shard": sid, "pad": "", "timestamp": now}
+            body["pad"] = "x" * max(0, size - len(json.dumps(body)))
+            return {"Data": json.dumps(body).encode(), "PartitionKey": "p", "ExplicitHashKey": key}
+
+        bulk = min(records, BULK_UP_TO)
+        for start in range(0, bulk, 500):
+            batch = [record(n) for n in range(start, min(bulk, start + 500))]
             while batch:
                 reply = client.put_records(StreamName=stream, Records=batch)
                 batch = [r for r, e in zip(batch, reply["Records"], strict=True) if "SequenceNumber" not in e]
                 if batch:
                     time.sleep(0.2)
+        for n in range(bulk, records):
+            client.put_record(StreamName=stream, **record(n))
 
     with ThreadPoolExecutor(producers) as pool:
         list(pool.map(one_shard, shards))
@@ -111,12 +129,46 @@ def rows_per_shard(url: str) -> dict[str, int]:
     return {str(s): int(c) for s, c in found}
 
 
-class Sampler:
-    """Peak RSS of the consumer's process tree, the JVM and the largest child, every 0.5 s."""
+def _memory_kib(pid: int) -> dict[str, int]:
+    """Rss, Pss (shared pages split among their sharers: the sum over a tree is what its cgroup
+    holds) and Anonymous of one process, in KiB; empty once it is gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as rollup:
+            rows = [row.split() for row in rollup if row.startswith(("Rss:", "Pss:", "Anonymous:"))]
+    except OSError:
+        return {}
+    return {row[0].rstrip(":"): int(row[1]) for row in rows}
 
-    def __init__(self, pid: int) -> None:
+
+TICKS: Final = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_ticks(pid: int) -> int | None:
+    """User + system CPU time of one process, in clock ticks; None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[11]) + int(fields[12])
+
+
+class Sampler:
+    """Peaks of the consumer's process tree every 0.5 s: the tree's PSS (shared libraries and
+    file pages counted once, as a container's memory limit counts them) and RSS sum (each
+    process's shared pages counted again), the JVM's RSS, the largest child's RSS and anonymous
+    memory (its own heap: what a batch grows), and the children's PSS together.
+
+    And the CPU time of every process of the tree and of the servers in ``others`` (the
+    emulators, PostgreSQL; each with its descendants), by part: the host has two cores, and
+    whichever part uses them decides the throughput."""
+
+    def __init__(self, pid: int, others: dict[str, int]) -> None:
         self.pid = pid
-        self.tree = self.jvm = self.child = self.children = 0
+        self.others = others
+        self.tree = self.tree_rss = self.jvm = self.child = self.child_anon = self.children_pss = 0
+        self.children = 0
+        self._ticks: dict[int, tuple[str, int]] = {}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -124,20 +176,43 @@ class Sampler:
     def _run(self) -> None:
         while not self._stop.wait(0.5):
             tree = [self.pid, *streams.descendants(self.pid)]
-            rss = {p: _rss_kib(p) for p in tree}
+            memory = {p: _memory_kib(p) for p in tree}
             jvm = [p for p in tree if b"MultiLangDaemon" in _cmdline(p)]
             children = [p for p in tree if b"record_processor" in _cmdline(p)]
-            self.tree = max(self.tree, sum(rss.values()))
-            self.jvm = max(self.jvm, sum(rss[p] for p in jvm))
-            self.child = max(self.child, max((rss[p] for p in children), default=0))
+            self.tree = max(self.tree, sum(m.get("Pss", 0) for m in memory.values()))
+            self.tree_rss = max(self.tree_rss, sum(m.get("Rss", 0) for m in memory.values()))
+            self.jvm = max(self.jvm, sum(memory[p].get("Rss", 0) for p in jvm))
+            self.child = max(self.child, max((memory[p].get("Rss", 0) for p in children), default=0))
+            self.child_anon = max(self.child_anon, max((memory[p].get("Anonymous", 0) for p in children), default=0))
+            self.children_pss = max(self.children_pss, sum(memory[p].get("Pss", 0) for p in children))
             self.children = max(self.children, len(children))
+            self._count_cpu(tree, jvm, children)
+
+    def _count_cpu(self, tree: list[int], jvm: list[int], children: list[int]) -> None:
+        parts = {p: "jvm" for p in jvm} | {p: "children" for p in children}
+        parts |= {p: "launcher" for p in tree if p not in parts}
+        for name, root in self.others.items():
+            parts |= {p: name for p in [root, *streams.descendants(root)]}
+        with self._lock:  # the last reading of a process that has exited still counts
+            for pid, part in parts.items():
+                ticks = _cpu_ticks(pid)
+                if ticks is not None:
+                    self._ticks[pid] = (part, ticks)
+
+    def cpu_s(self) -> dict[str, float]:
+        """CPU seconds used so far by each part (as of the last sample)."""
+        used: dict[str, float] = {}
+        with self._lock:
+            for part, ticks in self._ticks.values():
+                used[part] = used.get(part, 0.0) + ticks / TICKS
+        return used
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
 
 
-def one(args: argparse.Namespace, shards: int, work: Path, store_url: str) -> dict[str, Any]:
+def one(args: argparse.Namespace, shards: int, work: Path, store_url: str, postmaster: int | None) -> dict[str, Any]:
     per_shard = args.total // shards
     client = streams.kinesis_client()
     name = f"bench-catchup-{shards}-{uuid.uuid4().hex[:6]}"
@@ -148,36 +223,54 @@ def one(args: argparse.Namespace, shards: int, work: Path, store_url: str) -> di
     app.write_text(APP.format(arn=arn))
     env = {**os.environ, "THYME_JAVA_OPTS": args.java_opts} if args.java_opts else dict(os.environ)
     command = [THYME, "kinesis", "run", f"{app}:Backlog", "--store", store_url, "--max-records", str(args.max_records)]
-    log = (work / f"consumer-{shards}.log").open("wb")
+    if args.memory_budget:
+        command += ["--memory-budget", args.memory_budget, "--max-shards", str(shards)]
+        command += ["--record-size", str(args.record_bytes)]
+    args.logs.mkdir(parents=True, exist_ok=True)
+    log_path = args.logs / f"consumer-{shards}-{name}.log"
+    log = log_path.open("wb")
     began = time.monotonic()
     consumer = subprocess.Popen(command, stdout=log, stderr=log, cwd=work, env=env)
-    sampler = Sampler(consumer.pid)
+    state = local_aws.LocalAWS.attach(work / "aws").state
+    servers = {"emulator": state.kinesis.pid, "moto": state.moto.pid}
+    if postmaster is not None:
+        servers["postgres"] = postmaster
+    sampler = Sampler(consumer.pid, servers)
+    cpu_at_first_row: dict[str, float] = {}
     finished: dict[str, float] = {}
     first_row: float | None = None
     try:
         deadline = began + args.timeout_s
         while True:
             if consumer.poll() is not None:
-                raise RuntimeError(f"the consumer exited ({consumer.returncode}); see {log.name}")
+                raise RuntimeError(f"the consumer exited ({consumer.returncode}); see {log_path}")
             counts = rows_per_shard(store_url)
             if first_row is None and counts:
                 first_row = time.monotonic() - began
+                cpu_at_first_row = sampler.cpu_s()
             for shard, count in counts.items():
                 if count >= per_shard and shard not in finished:
                     finished[shard] = time.monotonic() - began
             if len(finished) == shards:
                 break
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{sum(counts.values())} of {total} rows after {args.timeout_s}s; see {log.name}")
+                raise TimeoutError(f"{sum(counts.values())} of {total} rows after {args.timeout_s}s; see {log_path}")
             time.sleep(1)
         took = max(finished.values())
         first = min(finished.values())
+        time.sleep(0.6)  # one more sample
+        spent = sampler.cpu_s()
+        catching_up = max(0.1, took - (first_row or 0.0))
+        cores = {
+            part: round((s - cpu_at_first_row.get(part, 0.0)) / catching_up, 2) for part, s in sorted(spent.items())
+        }
         return {
             "shards": shards,
             "records_per_shard": per_shard,
             "record_bytes": args.record_bytes,
             "max_records": args.max_records,
             "java_opts": args.java_opts,
+            "budget": f"budget {args.memory_budget}" if args.memory_budget else "",
             "store": store_url.split(":", 1)[0],
             "produce_s": round(produced_s, 1),
             "catch_up_s": round(took, 1),
@@ -186,9 +279,13 @@ def one(args: argparse.Namespace, shards: int, work: Path, store_url: str) -> di
             "fastest_shard_s": round(first, 1),
             "slowest_shard_s": round(took, 1),
             "peak_tree_mib": round(sampler.tree / 1024),
+            "peak_tree_rss_mib": round(sampler.tree_rss / 1024),
             "peak_jvm_mib": round(sampler.jvm / 1024),
+            "peak_children_pss_mib": round(sampler.children_pss / 1024),
             "peak_child_mib": round(sampler.child / 1024, 1),
+            "peak_child_anon_mib": round(sampler.child_anon / 1024, 1),
             "children": sampler.children,
+            "cpu_cores": cores,
         }
     finally:
         sampler.stop()
@@ -204,8 +301,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--producers", type=int, default=4, help="producer threads")
     parser.add_argument("--max-records", type=int, default=10_000, help="run --max-records")
     parser.add_argument("--java-opts", default="", help="THYME_JAVA_OPTS for the daemon")
+    parser.add_argument(
+        "--memory-budget", default="", help="run --memory-budget (with --max-shards the shard count, --record-size)"
+    )
     parser.add_argument("--postgres", action="store_true", help="a PostgreSQL store instead of SQLite")
     parser.add_argument("--timeout-s", type=float, default=900.0)
+    parser.add_argument(
+        "--logs", type=Path, default=Path(tempfile.gettempdir()) / "thyme-catchup-logs", help="the consumers' logs"
+    )
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "catchup.json")
     args = parser.parse_args(argv)
     results = []
@@ -215,19 +318,27 @@ def main(argv: list[str] | None = None) -> int:
                 from tests.pg_server import PgServer
 
                 with PgServer() as pg:
-                    result = one(args, count, work, pg.create_database())
+                    postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
+                    result = one(args, count, work, pg.create_database(), postmaster)
             else:
-                result = one(args, count, work, f"sqlite:///{work / 'catchup.db'}")
+                result = one(args, count, work, f"sqlite:///{work / 'catchup.db'}", None)
         results.append(result)
         print(json.dumps(result), flush=True)
-    print("\nshards  store  max-records  catch-up  rows/s  fastest/slowest shard  peak tree  JVM  largest child")
+    print(
+        "\nshards  store  settings                 catch-up  rows/s  fastest/slowest shard  "
+        "peak tree PSS (RSS sum)  JVM RSS  children PSS  largest child RSS (anon)"
+    )
     for r in results:
+        settings = r["budget"] or f"max-records {r['max_records']}"
         print(
-            f"{r['shards']:>6}  {r['store']:<6} {r['max_records']:>11}  {r['catch_up_s']:>7.1f}s  "
-            f"{r['rows_per_s']:>6}  "
-            f"{r['fastest_shard_s']:>9.1f}/{r['slowest_shard_s']:.1f}s  {r['peak_tree_mib']:>7} MiB  "
-            f"{r['peak_jvm_mib']:>4}  {r['peak_child_mib']:>6} MiB"
+            f"{r['shards']:>6}  {r['store']:<6} {settings:<24} {r['catch_up_s']:>7.1f}s  "
+            f"{r['rows_per_s']:>6}  {r['fastest_shard_s']:>9.1f}/{r['slowest_shard_s']:.1f}s  "
+            f"{r['peak_tree_mib']:>9} MiB ({r['peak_tree_rss_mib']})  {r['peak_jvm_mib']:>5} MiB  "
+            f"{r['peak_children_pss_mib']:>8} MiB  {r['peak_child_mib']:>8} MiB ({r['peak_child_anon_mib']})"
         )
+    print("\ncores used while catching up (CPU seconds / seconds from the first row to the last):")
+    for r in results:
+        print(f"{r['shards']:>6}  " + ", ".join(f"{part} {cores:.2f}" for part, cores in r["cpu_cores"].items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(args.out.read_text())["results"] if args.out.exists() else []
     args.out.write_text(json.dumps({"results": previous + results}, indent=2) + "\n")
