@@ -24,7 +24,9 @@ What runs (a missing tool is an error, never a skip):
 * ``deploy/k8s/*.yaml``: kubernetes-validate's strict OpenAPI schemas for the core objects
   (several Kubernetes versions); KEDA objects by rule here, and by KEDA's CRD schemas
   (``tests/schemas/keda``) with check-jsonschema. Across files: the grace period, the
-  memory requests against the measured sizing, ``shardCount`` against the sizing.
+  memory sizing (``--memory-budget`` and ``--max-shards`` in the command: a budget that works
+  for its shards, within the memory limit and the request, no ``-Xmx`` overriding it),
+  ``shardCount`` at most ``--max-shards``. The ECS task's command is sized the same way.
 
 Every file holds ``${PLACEHOLDER}`` values a user substitutes (``envsubst``); they are
 rendered with ``EXAMPLE_VALUES`` first, and a placeholder without an example is an error.
@@ -47,6 +49,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+
+from thyme.errors import ConfigError
+from thyme.kinesis import budget as memory_budget
 
 yaml: Any = importlib.import_module("yaml")  # PyYAML (no type stubs installed)
 
@@ -297,6 +302,8 @@ def ecs_task_definition(data: dict[str, Any], label: str = "task-definition.json
         if fargate and not 2 <= stop <= 120:
             problems.append(f"{name}: stopTimeout {stop} is outside Fargate's 2-120 s")
         grace = grace_seconds(container.get("command", []))
+        limit = container.get("memory") or int(str(data.get("memory", "0")))
+        problems += budget_rules(container.get("command", []), container.get("environment", []), limit, name)
         if stop < grace + 10:
             problems.append(f"{name}: stopTimeout {stop} s must exceed the shutdown grace {grace:g} s by 10 s")
         check = container.get("healthCheck")
@@ -378,33 +385,62 @@ def quantity_mib(value: str) -> float:
     return float(number) * _MIB[unit]
 
 
+def _option(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv and argv.index(name) + 1 < len(argv) else None
+
+
 @dataclass(frozen=True)
 class MemoryBudget:
-    """Per-pod memory, from the Deployment's ``thyme-kinesis/memory-sizing`` annotation."""
+    """Per pod or task: the container's ``--memory-budget`` and ``--max-shards``, which
+    ``thyme kinesis run`` turns into the daemon's settings (``thyme/kinesis/budget.py``)."""
 
-    jvm_mib: float
-    child_mib: float
-    launcher_mib: float
+    budget_mib: float
     shards_per_pod: int
+    record_size: int
 
     @property
     def total_mib(self) -> float:
-        return self.jvm_mib + self.shards_per_pod * self.child_mib + self.launcher_mib
+        return self.budget_mib
+
+    def plan(self) -> memory_budget.MemoryPlan:
+        return memory_budget.plan(int(self.budget_mib * 1024 * 1024), self.shards_per_pod, self.record_size)
 
     @classmethod
-    def parse(cls, annotation: str) -> MemoryBudget:
-        fields = dict(part.split("=", 1) for part in annotation.split())
+    def from_args(cls, argv: Iterable[str], label: str) -> MemoryBudget:
+        args = [str(arg) for arg in argv]
+        size, shards = _option(args, "--memory-budget"), _option(args, "--max-shards")
+        if size is None or shards is None or not shards.isdigit():
+            msg = f"{label}: the command must size the host: --memory-budget SIZE --max-shards N"
+            raise ValueError(msg)
+        record = _option(args, "--record-size")
         return cls(
-            quantity_mib(fields["jvm"]),
-            quantity_mib(fields["child"]),
-            quantity_mib(fields["launcher"]),
-            int(fields["shardsPerPod"]),
+            memory_budget.parse_size(size, "--memory-budget") / (1024 * 1024),
+            int(shards),
+            memory_budget.parse_size(record, "--record-size") if record else memory_budget.DEFAULT_RECORD_SIZE,
         )
 
     @classmethod
     def from_deployment(cls, path: Path | None = None) -> MemoryBudget:
         (deployment,) = k8s_documents(path or DEPLOY / "k8s" / "deployment.yaml")
-        return cls.parse(deployment["metadata"]["annotations"]["thyme-kinesis/memory-sizing"])
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        return cls.from_args(container.get("args", []), "deployment.yaml")
+
+
+def budget_rules(argv: Iterable[str], env: Iterable[dict[str, Any]], limit_mib: float, label: str) -> list[str]:
+    """The sizing of one container: its budget works for its shards, fits its memory limit, and
+    no -Xmx in THYME_JAVA_OPTS overrides the heap the budget gives the JVM."""
+    try:
+        budget = MemoryBudget.from_args(argv, label)
+        budget.plan()
+    except (ValueError, ConfigError) as exc:
+        return [str(exc) if isinstance(exc, ValueError) else f"{label}: {exc}"]
+    problems = []
+    if budget.budget_mib > limit_mib:
+        problems.append(f"{label}: --memory-budget {budget.budget_mib:g}MiB exceeds the memory limit {limit_mib:g}MiB")
+    opts = " ".join(str(e.get("value", "")) for e in env if e.get("name") == "THYME_JAVA_OPTS")
+    if "-Xmx" in opts:
+        problems.append(f"{label}: -Xmx in THYME_JAVA_OPTS overrides the heap --memory-budget gives the JVM")
+    return problems
 
 
 def keda_rules(doc: dict[str, Any], label: str) -> list[str]:
@@ -499,18 +535,15 @@ def _k8s_consistency(docs: dict[str, dict[str, Any]]) -> list[str]:
         )
     if "replicas" in deployment["spec"] and "ScaledObject" in docs:
         problems.append("deployment.yaml: leave replicas to KEDA (an apply would fight the HPA)")
-    budget = MemoryBudget.parse(deployment["metadata"]["annotations"]["thyme-kinesis/memory-sizing"])
     requested = quantity_mib(container["resources"]["requests"]["memory"])
     limit = quantity_mib(container["resources"]["limits"]["memory"])
-    if requested < budget.total_mib:
-        problems.append(
-            f"deployment.yaml: memory request {requested:g}Mi < the sizing {budget.total_mib:g}Mi ({budget})"
-        )
+    args = container.get("args", [])
+    problems += budget_rules(args, container.get("env", []), limit, "deployment.yaml")
+    budget = MemoryBudget.from_args(args, "deployment.yaml") if not problems else None
+    if budget is not None and requested < budget.total_mib:
+        problems.append(f"deployment.yaml: memory request {requested:g}Mi < --memory-budget {budget.total_mib:g}MiB")
     if limit < requested:
         problems.append("deployment.yaml: memory limit below the request")
-    heap = re.search(r"-Xmx(\d+)m", " ".join(e.get("value", "") for e in container.get("env", [])))
-    if heap is None or int(heap.group(1)) >= budget.jvm_mib:
-        problems.append("deployment.yaml: THYME_JAVA_OPTS must cap the heap (-Xmx) below the JVM's budget")
     context = container.get("securityContext", {})
     if not context.get("readOnlyRootFilesystem") or context.get("allowPrivilegeEscalation", True):
         problems.append("deployment.yaml: read-only root and no privilege escalation expected")
@@ -519,8 +552,12 @@ def _k8s_consistency(docs: dict[str, dict[str, Any]]) -> list[str]:
     scaled = docs.get("ScaledObject")
     if scaled is not None:
         (trigger,) = scaled["spec"]["triggers"]
-        if int(trigger["metadata"].get("shardCount", "2")) != budget.shards_per_pod:
-            problems.append("keda-scaledobject.yaml: shardCount must equal the sizing's shardsPerPod")
+        count = int(trigger["metadata"].get("shardCount", "2"))
+        if budget is not None and count > budget.shards_per_pod:
+            problems.append(
+                f"keda-scaledobject.yaml: shardCount {count} above the Deployment's --max-shards "
+                f"{budget.shards_per_pod}: KEDA would run too few pods to hold every shard"
+            )
         if scaled["spec"]["scaleTargetRef"]["name"] != deployment["metadata"]["name"]:
             problems.append("keda-scaledobject.yaml: scaleTargetRef must name the Deployment")
         auth = trigger.get("authenticationRef", {}).get("name")

@@ -278,6 +278,9 @@ def test_the_policies_allow_every_call_the_consumer_makes(
     }
     app = write_app(tmp_path, arn, "trim_horizon", role_env="E2E_ROLE")
     consumer = Consumer(app, tmp_path / "thyme.db", application, "w1", env, tmp_path / "consumer.log")
+    budget = validate_deploy.MemoryBudget.from_deployment()  # run as the Deployment sizes a pod
+    consumer.extra_args = ["--max-shards", str(budget.shards_per_pod), "--memory-budget", f"{budget.total_mib:g}MiB"]
+    plan = budget.plan()
     consumers.append(consumer)
     try:
         consumer.start()
@@ -290,9 +293,9 @@ def test_the_policies_allow_every_call_the_consumer_makes(
         children = [_rss_kib(pid) for pid in consumer.children()]
         assert len(children) == 2
         sys.stderr.write(f"measured RSS KiB (current, peak): jvm {jvm_rss}, children {children}\n")
-        budget = validate_deploy.MemoryBudget.from_deployment()
-        assert jvm_rss[1] <= budget.jvm_mib * 1024, f"JVM peak RSS {jvm_rss[1]} KiB exceeds the sizing {budget}"
-        assert all(peak <= budget.child_mib * 1024 for _, peak in children), (children, budget)
+        assert f"-Xmx{plan.heap_mib}m".encode() in Path(f"/proc/{_jvm(consumer)}/cmdline").read_bytes()
+        assert jvm_rss[1] <= plan.jvm_mib() * 1024, f"JVM peak RSS {jvm_rss[1]} KiB exceeds {plan.describe()}"
+        assert all(peak <= plan.child_mib() * 1024 for _, peak in children), (children, plan.describe())
 
         # The ECS health check passes while the daemon runs.
         health = validate_deploy.ecs_health_command()
