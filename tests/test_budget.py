@@ -100,5 +100,9 @@ def test_without_the_entry_point_the_budget_cannot_bound_the_prefetch_and_says_s
     (tmp_path / "amazon-kinesis-client-multilang-3.1.3.jar").write_bytes(b"")
     monkeypatch.setattr(entry, "ensure", lambda classpath, java=None: None)
     found = plan(SourcedClick, RunOptions(store_url=f"sqlite:///{tmp_path / 't.db'}", memory_budget=GIB, max_shards=4))
-    assert "thyme.prefetch" not in found.properties.render()
+    rendered = found.properties.render()
+    assert "thyme.prefetch" not in rendered
+    assert f"maxRecords = {budget.plan(GIB, 4).max_records}\n" in rendered  # the batch still follows the budget
+    assert found.memory is None
+    assert not [opt for opt in found.command(tmp_path / "p.properties") if opt.startswith("-Xmx")]
     assert [r.message for r in caplog.records if "stock daemon keeps KCL's prefetch" in r.message]

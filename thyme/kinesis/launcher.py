@@ -378,10 +378,12 @@ def plan(
         )
         if memory is not None:
             log.warning(
-                "the stock daemon keeps KCL's prefetch (4 batches, 8 MiB a shard): the memory budget holds only "
-                "with the entry point (install a JDK, then thyme kinesis install-jars)",
+                "the stock daemon keeps KCL's prefetch (4 batches, 8 MiB a shard), so the memory budget sets "
+                "maxRecords only, not the prefetch nor the JVM's heap (a heap planned for one batch ahead could "
+                "run out): install a JDK, then thyme kinesis install-jars",
                 extra={"fields": {"event": "budget_without_entry_point"}},
             )
+            memory = None
     if memory is not None and open_the_store:
         log.info(memory.describe(), extra={"fields": {"event": "memory_budget", "max_records": properties.max_records}})
     return Plan(properties, config, java, classpath, logback_file(), connection, sts, daemon, memory)
@@ -403,7 +405,8 @@ def _memory_plan(options: RunOptions) -> budget.MemoryPlan | None:
         raise ConfigError(
             "--memory-budget",
             "plans polling's batches and prefetch; enhanced fan-out pushes its own",
-            "Drop --memory-budget with --retrieval fan-out and size the host by docs/deploy.md.",
+            "Drop --memory-budget with --retrieval fan-out; cap the shards with --max-shards and the "
+            "JVM's heap with -Xmx in THYME_JAVA_OPTS.",
             value=f"{options.memory_budget // budget.MIB}MiB",
         )
     return budget.plan(options.memory_budget, options.max_shards, options.record_size)
