@@ -56,8 +56,8 @@ def test_a_sized_host_holds_its_shards_and_no_more(
 
     held = wait_for(two_held, 120, "host-a to hold 2 of the 4 leases", interval=1)
     mine = {shard for shard, owner in held.items() if owner == "host-a"}
-    # host-a applies its two shards' records, and through several lease assignments (every 2 s)
-    # leaves the other two unowned although it is the only worker
+    # host-a applies its two shards' records and, through 30 lease assignment runs (every 500 ms
+    # on the local profile), leaves the other two unowned although it is the only worker
     wait_for(lambda: len(applied(url)) > 0, 120, "host-a's first rows", interval=1)
     watched_until = time.monotonic() + 15
     while time.monotonic() < watched_until:
