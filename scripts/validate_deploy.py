@@ -403,7 +403,9 @@ class MemoryBudget:
         return self.budget_mib
 
     def plan(self) -> memory_budget.MemoryPlan:
-        return memory_budget.plan(int(self.budget_mib * 1024 * 1024), self.shards_per_pod, self.record_size)
+        # several pods or tasks share a PostgreSQL store (THYME_STORE_URL, from a secret)
+        size = int(self.budget_mib * 1024 * 1024)
+        return memory_budget.plan(size, self.shards_per_pod, self.record_size, "postgresql")
 
     @classmethod
     def from_args(cls, argv: Iterable[str], label: str) -> MemoryBudget:

@@ -106,3 +106,16 @@ def test_without_the_entry_point_the_budget_cannot_bound_the_prefetch_and_says_s
     assert found.memory is None
     assert not [opt for opt in found.command(tmp_path / "p.properties") if opt.startswith("-Xmx")]
     assert [r.message for r in caplog.records if "stock daemon keeps KCL's prefetch" in r.message]
+
+
+def test_a_postgresql_store_is_planned_with_its_larger_children(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sqlite, postgresql = budget.plan(2 * GIB, 64, 512, "sqlite"), budget.plan(2 * GIB, 64, 512, "postgresql")
+    assert postgresql.max_records < sqlite.max_records  # each child holds its driver: less room for batches
+    assert postgresql.child_mib() > sqlite.child_mib()
+    assert "into postgresql" in postgresql.describe()
+    monkeypatch.setenv("THYME_KCL_CLASSPATH", str(tmp_path))
+    (tmp_path / "amazon-kinesis-client-multilang-3.1.3.jar").write_bytes(b"")
+    options = RunOptions(store_url="postgresql://u@db/t", memory_budget=2 * GIB, max_shards=64, record_size=512)
+    assert plan(SourcedClick, options, open_the_store=False).memory == postgresql

@@ -1,7 +1,7 @@
 """A memory budget for one host: the daemon's settings that keep the whole process tree in it.
 
 What a host holds grows with its shards: one Python child per leased shard, and in the JVM the
-batches KCL fetches ahead for each. On a quiet day that is ~25 MiB a shard; after an outage,
+batches KCL fetches ahead for each. On a quiet day that is ~15-25 MiB a shard; after an outage,
 when every shard is backlogged at once, each child holds a whole batch (up to ``maxRecords``
 records) and the JVM holds up to four more per shard (KCL's prefetch: 4 batches, 8 MiB a shard).
 With KCL's defaults (10,000-record batches) a host with 64 backlogged shards of 1 KiB records can
@@ -16,9 +16,11 @@ to measurements on the local stack (``benchmarks/catchup.py``; README, "Many sha
 * ``maxRecords``: the largest batch whose copies (the child's, the JVM's) fit the share of a shard;
 * the JVM's heap (``-Xmx``) and metaspace, so the JVM cannot grow past its part.
 
-The batch size is worked out in bytes and turned into records with ``record_size`` (1 KiB
-unless ``--record-size`` says otherwise): records larger than that make batches larger than
-planned, up to the 10 MiB a GetRecords call returns at most.
+The budget is memory as a container's limit counts it: every page once (the tree's PSS), so the
+code all the children map alike counts once, not once per child as a sum of RSS would. The batch
+size is worked out in bytes and turned into records with ``record_size`` (1 KiB unless
+``--record-size`` says otherwise): records larger than that make batches larger than planned, up
+to the 10 MiB a GetRecords call returns at most.
 """
 
 from __future__ import annotations
@@ -26,17 +28,20 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 from thyme.errors import ConfigError
 
+Store = Literal["sqlite", "postgresql"]
+"""The store the children write to: a PostgreSQL child holds more (its driver)."""
 MIB: Final = 1024 * 1024
 KIB: Final = 1024
 LAUNCHER_MIB: Final = 64
 """``thyme kinesis run`` itself (measured 55-61 MiB)."""
-JVM_NATIVE_MIB: Final = 220
-"""The JVM beside its heap: metaspace (capped below), code cache, a few threads per shard, the GC
-(measured: a JVM with a 226 MiB heap held 445 MiB RSS at its peak with 64 shards catching up)."""
+JVM_NATIVE_MIB: Final = 320
+"""The JVM beside its heap: metaspace (capped below), code cache, a few threads per shard, the GC,
+the SDK's direct buffers (measured with 64 shards catching up: 191 to 315 MiB beside a 204-226
+MiB heap, the most with PostgreSQL's slower children)."""
 METASPACE_MIB: Final = 96
 HEAP_BASE_MIB: Final = 48
 """The heap without any batch: SDK clients, leases, the scheduler (measured)."""
@@ -47,8 +52,12 @@ JVM_BATCH_COPIES: Final = 3.0
 response, the records, and the JSON line (base64) written to the child."""
 JVM_PER_RECORD_KIB: Final = 0.5
 """A record's objects in the heap beside its bytes (the SDK's record, KCL's, their strings)."""
-CHILD_IDLE_MIB: Final = 22
-"""A child waiting for records (measured 20.7 MiB RSS)."""
+CHILD_PRIVATE_MIB: Final = {"sqlite": 12, "postgresql": 21}
+"""A waiting child's own memory, by store (its anonymous pages: measured 14.4 MiB with SQLite and
+23.4 MiB with PostgreSQL, whose driver loads libpq and more, each with 294 records of 512 B in hand)."""
+CHILD_SHARED_MIB: Final = {"sqlite": 10, "postgresql": 20}
+"""The code and files every child maps alike (Python, the libraries): in memory once for all the
+children (a child's RSS less its anonymous pages: measured 8.7 and 17.7 MiB)."""
 CHILD_PER_RECORD_KIB: Final = 4.5
 CHILD_BATCH_COPIES: Final = 7.5
 """A child's growth with a batch: ``CHILD_PER_RECORD_KIB`` a record (Python's objects for the
@@ -96,6 +105,7 @@ class MemoryPlan:
     prefetch_batches: int
     prefetch_bytes: int
     heap_mib: int
+    store: Store = "sqlite"
 
     @property
     def batch_bytes(self) -> int:
@@ -106,20 +116,20 @@ class MemoryPlan:
 
     def expected_peak_mib(self) -> float:
         """The model's peak for the whole tree with every shard backlogged at once."""
-        return _peak_mib(self.shards, self.max_records, self.record_size, self.heap_mib)
+        return _peak_mib(self.shards, self.max_records, self.record_size, self.heap_mib, self.store)
 
     def jvm_mib(self) -> float:
         """The model's peak for the JVM: its heap and what it holds beside."""
         return JVM_NATIVE_MIB + self.heap_mib
 
     def child_mib(self) -> float:
-        """The model's peak for one shard's child, a whole batch in hand."""
-        return _child_mib(self.max_records, self.record_size)
+        """The model's peak RSS for one shard's child, a whole batch in hand (its shared pages included)."""
+        return CHILD_SHARED_MIB[self.store] + _child_mib(self.max_records, self.record_size, self.store)
 
     def describe(self) -> str:
         return (
             f"memory budget {self.budget / MIB:.0f} MiB for up to {self.shards} shards: batches of "
-            f"{self.max_records} records ({self.record_size} B each assumed), "
+            f"{self.max_records} records ({self.record_size} B each assumed) into {self.store}, "
             f"{self.prefetch_batches} fetched ahead per shard (at most {self.prefetch_bytes} B), JVM heap "
             f"{self.heap_mib} MiB; expected peak {self.expected_peak_mib():.0f} MiB"
         )
@@ -138,16 +148,18 @@ def _heap_mib(shards: int, max_records: int, record_size: int) -> int:
     return math.ceil(HEAP_BASE_MIB + shards * HEAP_PER_SHARD_MIB + 1.25 * held)
 
 
-def _child_mib(max_records: int, record_size: int) -> float:
+def _child_mib(max_records: int, record_size: int, store: Store) -> float:
+    """One child's own memory with a whole batch in hand (without the pages it shares)."""
     records, size = _batch(max_records, record_size)
-    return CHILD_IDLE_MIB + records * CHILD_PER_RECORD_KIB / 1024 + size * CHILD_BATCH_COPIES / MIB
+    return CHILD_PRIVATE_MIB[store] + records * CHILD_PER_RECORD_KIB / 1024 + size * CHILD_BATCH_COPIES / MIB
 
 
-def _peak_mib(shards: int, max_records: int, record_size: int, heap_mib: int) -> float:
-    return LAUNCHER_MIB + JVM_NATIVE_MIB + heap_mib + shards * _child_mib(max_records, record_size)
+def _peak_mib(shards: int, max_records: int, record_size: int, heap_mib: int, store: Store) -> float:
+    children = CHILD_SHARED_MIB[store] + shards * _child_mib(max_records, record_size, store)
+    return LAUNCHER_MIB + JVM_NATIVE_MIB + heap_mib + children
 
 
-def plan(budget: int, shards: int, record_size: int = DEFAULT_RECORD_SIZE) -> MemoryPlan:
+def plan(budget: int, shards: int, record_size: int = DEFAULT_RECORD_SIZE, store: Store = "sqlite") -> MemoryPlan:
     """The largest batches that keep ``shards`` backlogged shards within ``budget`` bytes.
 
     Raises :class:`ConfigError` naming the smallest budget that works when this one cannot hold
@@ -162,7 +174,7 @@ def plan(budget: int, shards: int, record_size: int = DEFAULT_RECORD_SIZE) -> Me
         )
 
     def peak(records: int) -> float:
-        return _peak_mib(shards, records, record_size, _heap_mib(shards, records, record_size))
+        return _peak_mib(shards, records, record_size, _heap_mib(shards, records, record_size), store)
 
     def fits(records: int) -> bool:
         return peak(records) <= budget / MIB
@@ -171,7 +183,7 @@ def plan(budget: int, shards: int, record_size: int = DEFAULT_RECORD_SIZE) -> Me
         smallest = peak(MIN_BATCH_RECORDS)
         raise ConfigError(
             "--memory-budget",
-            f"too small for {shards} shards of {record_size} B records: the host needs about "
+            f"too small for {shards} shards of {record_size} B records into {store}: the host needs about "
             f"{math.ceil(smallest)} MiB with batches of {MIN_BATCH_RECORDS} records",
             f"Raise --memory-budget to at least {math.ceil(smallest / 64) * 64}MiB, or lower --max-shards "
             "(and run more hosts).",
@@ -193,4 +205,5 @@ def plan(budget: int, shards: int, record_size: int = DEFAULT_RECORD_SIZE) -> Me
         prefetch_batches=1,
         prefetch_bytes=_batch(low, record_size)[1],
         heap_mib=_heap_mib(shards, low, record_size),
+        store=store,
     )

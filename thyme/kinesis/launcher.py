@@ -409,7 +409,8 @@ def _memory_plan(options: RunOptions) -> budget.MemoryPlan | None:
             "JVM's heap with -Xmx in THYME_JAVA_OPTS.",
             value=f"{options.memory_budget // budget.MIB}MiB",
         )
-    return budget.plan(options.memory_budget, options.max_shards, options.record_size)
+    store: budget.Store = "postgresql" if store_url(options.store_url).startswith("postgres") else "sqlite"
+    return budget.plan(options.memory_budget, options.max_shards, options.record_size, store)
 
 
 def _write_private(path: Path, text: str) -> None:
