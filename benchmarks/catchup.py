@@ -293,7 +293,28 @@ def one(args: argparse.Namespace, shards: int, work: Path, store_url: str, postm
         log.close()
 
 
-def main(argv: list[str] | None = None) -> int:
+def budget_mib(size: str) -> float:
+    """A ``--memory-budget`` in MiB, as ``run`` reads it."""
+    from thyme.kinesis.budget import MIB, parse_size
+
+    return parse_size(size, "--memory-budget") / MIB
+
+
+def measure(args: argparse.Namespace, shards: int) -> dict[str, Any]:
+    """One catch-up of ``shards`` shards on a fresh local stack (and a fresh PostgreSQL server
+    with ``args.postgres``)."""
+    with fresh_stack("thyme-catchup-") as work:
+        if args.postgres:
+            from tests.pg_server import PgServer
+
+            with PgServer() as pg:
+                postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
+                return one(args, shards, work, pg.create_database(), postmaster)
+        return one(args, shards, work, f"sqlite:///{work / 'catchup.db'}", None)
+
+
+def options() -> argparse.ArgumentParser:
+    """The options, also the defaults ``benchmarks/run --only catchup`` starts from."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--shards", default="8,64", help="comma-separated shard counts")
     parser.add_argument("--total", type=int, default=160_000, help="records in all, spread evenly over the shards")
@@ -310,18 +331,14 @@ def main(argv: list[str] | None = None) -> int:
         "--logs", type=Path, default=Path(tempfile.gettempdir()) / "thyme-catchup-logs", help="the consumers' logs"
     )
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "catchup.json")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = options().parse_args(argv)
     results = []
     for count in [int(n) for n in args.shards.split(",")]:
-        with fresh_stack("thyme-catchup-") as work:
-            if args.postgres:
-                from tests.pg_server import PgServer
-
-                with PgServer() as pg:
-                    postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
-                    result = one(args, count, work, pg.create_database(), postmaster)
-            else:
-                result = one(args, count, work, f"sqlite:///{work / 'catchup.db'}", None)
+        result = measure(args, count)
         results.append(result)
         print(json.dumps(result), flush=True)
     print(

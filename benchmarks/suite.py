@@ -3,6 +3,7 @@
     benchmarks/run                          # everything (~30 min; prefills once, cached)
     benchmarks/run --quick                  # fewer batches, no 20M store, shorter e2e
     benchmarks/run --only throughput,lookup # a subset: throughput formats lookup memory scaling e2e
+    benchmarks/run --only shards,catchup    # many shards on one host: named only (~30 min)
 
 Sections (each figure is the median of ``--repeat`` runs, default 5; comparisons alternate
 run by run inside one invocation):
@@ -21,6 +22,9 @@ run by run inside one invocation):
 3. e2e — through the real daemon on the local stack (``benchmarks/e2e.py``).
 4. memory — the child's peak RSS for 10,000 x 200 B batches and for 100 KiB records.
 5. scaling — throughput and lookup latency at 1M, 5M and 20M rows (SQLite).
+7. shards — one host holding 1, 8, 32 and 64 shards: first rows, RSS, idle CPU (``shards.py``).
+8. catchup — 8 and 64 backlogged shards within ``--memory-budget``, SQLite and PostgreSQL:
+   rows/s, the host's peak PSS against the budget (``catchup.py``). 7 and 8 run only when named.
 
 Results: a table on stdout and ``benchmarks/results/suite.json`` (every run's figures).
 """
@@ -48,14 +52,21 @@ for entry in (str(REPO), str(BENCH)):
 
 from context import Context  # noqa: E402
 from processor import log  # noqa: E402
-from sections import e2e, formats, lookup, memory, scaling, throughput  # noqa: E402
+from sections import e2e, formats, hosts, lookup, memory, scaling, throughput  # noqa: E402
 
 SECTIONS: Final = ("throughput", "formats", "lookup", "memory", "scaling", "e2e")
+NAMED_ONLY: Final = ("shards", "catchup")
+"""Sections that run only when ``--only`` names them: each starts local stacks per case and
+takes long (7: ~6 min, 8: ~25 min)."""
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {', '.join(SECTIONS)}")
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated subset of {', '.join(SECTIONS + NAMED_ONLY)} (the last two only when named)",
+    )
     parser.add_argument("--quick", action="store_true", help="10 batches per run, no 20M store, shorter e2e")
     parser.add_argument("--repeat", type=int, default=5, help="runs per figure (default 5)")
     parser.add_argument("--batches", type=int, default=None, help="processRecords lines per run (default 20; quick 10)")
@@ -67,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "suite.json")
     args = parser.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = set(only) - set(SECTIONS)
+    unknown = set(only) - set(SECTIONS + NAMED_ONLY)
     if unknown:
-        parser.error(f"unknown section(s) {sorted(unknown)}; choose from {SECTIONS}")
+        parser.error(f"unknown section(s) {sorted(unknown)}; choose from {SECTIONS + NAMED_ONLY}")
     if args.batches is None:
         args.batches = 10 if args.quick else 20
     if args.e2e_rounds is None:
@@ -89,10 +100,12 @@ def main(argv: list[str] | None = None) -> int:
             "memory": memory.memory,
             "scaling": scaling.scaling,
             "e2e": e2e.e2e,
+            "shards": hosts.shards,
+            "catchup": hosts.catchup,
         }
         errors: dict[str, str] = {}
         try:
-            for name in SECTIONS:
+            for name in SECTIONS + NAMED_ONLY:
                 if name in only:
                     try:
                         bench.results.setdefault("load_average", {})[f"{name} start"] = os.getloadavg()
