@@ -402,10 +402,10 @@ class MemoryBudget:
     def total_mib(self) -> float:
         return self.budget_mib
 
-    def plan(self) -> memory_budget.MemoryPlan:
-        # several pods or tasks share a PostgreSQL store (THYME_STORE_URL, from a secret)
-        size = int(self.budget_mib * 1024 * 1024)
-        return memory_budget.plan(size, self.shards_per_pod, self.record_size, "postgresql")
+    def plan(self, store: memory_budget.Store = "postgresql") -> memory_budget.MemoryPlan:
+        """What ``run`` makes of this sizing: by default for PostgreSQL, the store several pods or
+        tasks share (``THYME_STORE_URL``, from a secret)."""
+        return memory_budget.plan(int(self.budget_mib * 1024 * 1024), self.shards_per_pod, self.record_size, store)
 
     @classmethod
     def from_args(cls, argv: Iterable[str], label: str) -> MemoryBudget:

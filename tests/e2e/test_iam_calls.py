@@ -280,7 +280,7 @@ def test_the_policies_allow_every_call_the_consumer_makes(
     consumer = Consumer(app, tmp_path / "thyme.db", application, "w1", env, tmp_path / "consumer.log")
     budget = validate_deploy.MemoryBudget.from_deployment()  # run as the Deployment sizes a pod
     consumer.extra_args = ["--max-shards", str(budget.shards_per_pod), "--memory-budget", f"{budget.total_mib:g}MiB"]
-    plan = budget.plan()
+    plan = budget.plan("sqlite")  # this consumer's store
     consumers.append(consumer)
     try:
         consumer.start()

@@ -53,8 +53,9 @@ response, the records, and the JSON line (base64) written to the child."""
 JVM_PER_RECORD_KIB: Final = 0.5
 """A record's objects in the heap beside its bytes (the SDK's record, KCL's, their strings)."""
 CHILD_PRIVATE_MIB: Final = {"sqlite": 12, "postgresql": 21}
-"""A waiting child's own memory, by store (its anonymous pages: measured 14.4 MiB with SQLite and
-23.4 MiB with PostgreSQL, whose driver loads libpq and more, each with 294 records of 512 B in hand)."""
+"""A child's own memory before any batch, by store (fitted to its anonymous pages: measured 14.4 MiB
+with SQLite and 23.4 MiB with PostgreSQL, whose driver loads libpq and more, each with 294 records
+of 512 B in hand, ~2.4 MiB of it the batch's)."""
 CHILD_SHARED_MIB: Final = {"sqlite": 10, "postgresql": 20}
 """The code and files every child maps alike (Python, the libraries): in memory once for all the
 children (a child's RSS less its anonymous pages: measured 8.7 and 17.7 MiB)."""
