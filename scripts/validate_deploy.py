@@ -541,7 +541,10 @@ def _k8s_consistency(docs: dict[str, dict[str, Any]]) -> list[str]:
     limit = quantity_mib(container["resources"]["limits"]["memory"])
     args = container.get("args", [])
     problems += budget_rules(args, container.get("env", []), limit, "deployment.yaml")
-    budget = MemoryBudget.from_args(args, "deployment.yaml") if not problems else None
+    try:  # budget_rules has said why when it cannot be read
+        budget: MemoryBudget | None = MemoryBudget.from_args(args, "deployment.yaml")
+    except (ValueError, ConfigError):
+        budget = None
     if budget is not None and requested < budget.total_mib:
         problems.append(f"deployment.yaml: memory request {requested:g}Mi < --memory-budget {budget.total_mib:g}MiB")
     if limit < requested:
