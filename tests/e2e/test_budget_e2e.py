@@ -27,7 +27,7 @@ def _binding_budget(shards: int) -> budget.MemoryPlan:
     size = 256 * budget.MIB
     while True:
         try:
-            return budget.plan(size, shards, RECORD_SIZE)
+            return budget.plan(size, shards, RECORD_SIZE, "postgresql")  # the hosts share a PostgreSQL store
         except ConfigError:  # too small: try a larger one
             size += 16 * budget.MIB
 

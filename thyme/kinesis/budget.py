@@ -44,7 +44,10 @@ the SDK's direct buffers (measured with 64 shards catching up: 191 to 315 MiB be
 MiB heap, the most with PostgreSQL's slower children)."""
 METASPACE_MIB: Final = 96
 HEAP_BASE_MIB: Final = 48
-"""The heap without any batch: SDK clients, leases, the scheduler (measured)."""
+"""The heap without any batch: SDK clients, leases, the scheduler."""
+HEAP_MIN_MIB: Final = 128
+"""The least heap a plan gives the JVM, however few its shards: a heap that runs out stops every
+shard of the host, while the extra tens of MiB cost little."""
 HEAP_PER_SHARD_MIB: Final = 1.0
 """A shard's consumer, lease and record processor bookkeeping in the heap."""
 JVM_BATCH_COPIES: Final = 3.0
@@ -146,7 +149,7 @@ def _heap_mib(shards: int, max_records: int, record_size: int) -> int:
     # one batch queued ahead and one being handed to the child, per shard, with room for the GC
     records, size = _batch(max_records, record_size)
     held = shards * 2 * (size * JVM_BATCH_COPIES / MIB + records * JVM_PER_RECORD_KIB / 1024)
-    return math.ceil(HEAP_BASE_MIB + shards * HEAP_PER_SHARD_MIB + 1.25 * held)
+    return max(HEAP_MIN_MIB, math.ceil(HEAP_BASE_MIB + shards * HEAP_PER_SHARD_MIB + 1.25 * held))
 
 
 def _child_mib(max_records: int, record_size: int, store: Store) -> float:
