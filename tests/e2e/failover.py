@@ -31,6 +31,8 @@ from tests.e2e.harness import click, now, unique, wait_for, write_app
 from thyme.kinesis.leader import read_leader
 
 SHARDS: Final = 4
+STABLE_S: Final = 10.0
+"""How long no lease may have moved before the fault."""
 SCENARIOS: Final = (
     "kill9-leader",
     "kill9-other",
@@ -156,17 +158,26 @@ def run_trial(
         before = set(producer.produced())
         wait_for(lambda: set(view.applied()) >= before, 120, "the records put so far in the store", interval=1)
 
+        last: dict[str, str | None] = {}
+        unchanged_since = time.monotonic()
+
         def chosen() -> tuple[str, str, list[str]] | None:
-            """The leader, the victim and the victim's shards, read just before the fault: KCL 3
-            rebalances, so a host that held shards a moment ago may hold none now."""
+            """The leader, the victim and the victim's shards, read just before the fault, once no
+            lease has moved for STABLE_S: KCL 3 rebalances, and a lease moved to a host seconds
+            before its SIGTERM was once seen to wait for expiry (18 s) instead of being handed back.
+            The cases here are faults of a settled fleet."""
+            nonlocal last, unchanged_since
             lead = settled()
-            if lead is None:
+            found = owners(hosts["host-a"])
+            if found != last:
+                last, unchanged_since = found, time.monotonic()
+            if lead is None or time.monotonic() - unchanged_since < STABLE_S:
                 return None
             victim = lead if scenario.endswith(("leader", "leader-jvm")) else next(h for h in hosts if h != lead)
-            held = sorted(shard for shard, owner in owners(hosts["host-a"]).items() if owner == victim)
+            held = sorted(shard for shard, owner in found.items() if owner == victim)
             return (lead, victim, held) if held else None
 
-        leader, victim, victim_shards = wait_for(chosen, 120, "the victim to hold shards", interval=0.5)
+        leader, victim, victim_shards = wait_for(chosen, 180, "the victim to hold shards, none moving", interval=0.5)
 
         faulted = time.monotonic()
         target = hosts[victim]
