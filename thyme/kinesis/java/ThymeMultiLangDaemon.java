@@ -132,13 +132,18 @@ public final class ThymeMultiLangDaemon {
      * Hands this worker's leases back after a graceful shutdown (every shard checkpointed), so the
      * leader assigns them at its next run instead of waiting failoverTimeMillis for them to expire:
      * a rolling deploy pauses a shard for seconds. Each eviction is conditional on this worker
-     * still owning the lease; a failure leaves the lease to expire as before.
+     * still owning the lease; a failure leaves the lease to expire as before. A lease the leader
+     * was handing from this worker to another (leaseOwner the other, checkpointOwner this one)
+     * would otherwise wait for the handoff to time out.
      */
     static void release(LeaseRefresher refresher, String worker, Logger log) {
         int released = 0;
         try {
             for (Lease lease : refresher.listLeases()) {
-                if (worker.equals(lease.leaseOwner()) && refresher.evictLease(lease)) {
+                // a lease in KCL 3's graceful handoff names the next owner and this worker as its
+                // checkpointOwner: evicting it clears checkpointOwner, and the next owner starts at once
+                boolean ours = worker.equals(lease.leaseOwner()) || worker.equals(lease.checkpointOwner());
+                if (ours && refresher.evictLease(lease)) {
                     released++;
                 }
             }
