@@ -49,6 +49,7 @@ sys.path.insert(0, str(BENCH))
 
 import local_aws  # noqa: E402
 import streams  # noqa: E402
+from processor import proc_cpu_seconds  # noqa: E402
 from shards import THYME, _cmdline, fresh_stack, stop  # noqa: E402
 
 APP: Final = """\
@@ -140,18 +141,6 @@ def _memory_kib(pid: int) -> dict[str, int]:
     return {row[0].rstrip(":"): int(row[1]) for row in rows}
 
 
-TICKS: Final = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_ticks(pid: int) -> int | None:
-    """User + system CPU time of one process, in clock ticks; None once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return int(fields[11]) + int(fields[12])
-
-
 class Sampler:
     """Peaks of the consumer's process tree every 0.5 s: the tree's PSS (shared libraries and
     file pages counted once, as a container's memory limit counts them) and RSS sum (each
@@ -167,7 +156,7 @@ class Sampler:
         self.others = others
         self.tree = self.tree_rss = self.jvm = self.child = self.child_anon = self.children_pss = 0
         self.children = 0
-        self._ticks: dict[int, tuple[str, int]] = {}
+        self._cpu: dict[int, tuple[str, float]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -195,16 +184,16 @@ class Sampler:
             parts |= {p: name for p in [root, *streams.descendants(root)]}
         with self._lock:  # the last reading of a process that has exited still counts
             for pid, part in parts.items():
-                ticks = _cpu_ticks(pid)
-                if ticks is not None:
-                    self._ticks[pid] = (part, ticks)
+                seconds = proc_cpu_seconds(pid)
+                if seconds is not None:
+                    self._cpu[pid] = (part, seconds)
 
     def cpu_s(self) -> dict[str, float]:
         """CPU seconds used so far by each part (as of the last sample)."""
         used: dict[str, float] = {}
         with self._lock:
-            for part, ticks in self._ticks.values():
-                used[part] = used.get(part, 0.0) + ticks / TICKS
+            for part, seconds in self._cpu.values():
+                used[part] = used.get(part, 0.0) + seconds
         return used
 
     def stop(self) -> None:

@@ -378,7 +378,8 @@ def _proc_status_kib(pid: int, name: str) -> int | None:
     return None
 
 
-def _proc_cpu_seconds(pid: int) -> float | None:
+def proc_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of one process so far; None once it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
@@ -432,7 +433,7 @@ def drive(
             raise BenchmarkError("no status for initialize")
         if barrier is not None:  # concurrent children start their timed parts together
             barrier.wait(timeout=120)
-        cpu_before = _proc_cpu_seconds(child.pid)
+        cpu_before = proc_cpu_seconds(child.pid)
         started = time.perf_counter()
         for line, expected in zip(workload.lines, workload.checkpoints, strict=True):
             _send(child.stdin, line)
@@ -452,7 +453,7 @@ def drive(
             if message != {"action": "status", "responseFor": "processRecords"}:
                 raise BenchmarkError(f"expected the processRecords status, got {message}")
         seconds = time.perf_counter() - started
-        cpu_after = _proc_cpu_seconds(child.pid)
+        cpu_after = proc_cpu_seconds(child.pid)
         peak_kib = _proc_status_kib(child.pid, "VmHWM")
         child.stdin.close()
         if child.wait(timeout=120) != 0:

@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import local_aws  # noqa: E402
 import streams  # noqa: E402
+from processor import proc_cpu_seconds  # noqa: E402
 
 THYME: Final = str(Path(sys.executable).with_name("thyme"))
 APP: Final = """\
@@ -64,14 +65,6 @@ def _rss_kib(pid: int) -> int:
             return next(int(row.split()[1]) for row in status if row.startswith("VmRSS:"))
     except (OSError, StopIteration):
         return 0
-
-
-def _cpu_s(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _cmdline(pid: int) -> bytes:
@@ -151,10 +144,10 @@ def one(shards: int, work: Path, idle_s: float, timeout_s: float) -> dict[str, A
         jvm = [p for p in tree if b"MultiLangDaemon" in _cmdline(p)]
         children = [p for p in tree if b"record_processor" in _cmdline(p)]
         rss = {p: _rss_kib(p) for p in tree}
-        cpu_before = sum(_cpu_s(p) for p in tree)
+        cpu_before = sum(proc_cpu_seconds(p) or 0.0 for p in tree)
         time.sleep(idle_s)  # the measurement itself: CPU over a quiet period
         tree = [consumer.pid, *streams.descendants(consumer.pid)]
-        idle_cpu = sum(_cpu_s(p) for p in tree) - cpu_before
+        idle_cpu = sum(proc_cpu_seconds(p) or 0.0 for p in tree) - cpu_before
         return {
             "shards": shards,
             "first_rows_s": round(first_rows_s, 1),
