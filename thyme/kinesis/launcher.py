@@ -311,9 +311,9 @@ def plan(
     if schema is None or spec is None:
         raise LoadError(f"{getattr(klass, '__name__', klass)} is not a @source(KinesisSource(...)) @dataset class")
     _check_child_timeout(options.child_timeout_s, environ)
-    memory = _memory_plan(options)
-    connection = spec.connector.resolve(environ)  # resolves the role secret: fails here if unset
     url = store_url(options.store_url)
+    memory = _memory_plan(options, url)
+    connection = spec.connector.resolve(environ)  # resolves the role secret: fails here if unset
     if open_the_store:
         try:
             store = open_store(url)
@@ -389,7 +389,7 @@ def plan(
     return Plan(properties, config, java, classpath, logback_file(), connection, sts, daemon, memory)
 
 
-def _memory_plan(options: RunOptions) -> budget.MemoryPlan | None:
+def _memory_plan(options: RunOptions, url: str) -> budget.MemoryPlan | None:
     """The settings for ``--memory-budget`` (None without one); errors name the option to change."""
     if options.memory_budget is None:
         return None
@@ -409,7 +409,7 @@ def _memory_plan(options: RunOptions) -> budget.MemoryPlan | None:
             "JVM's heap with -Xmx in THYME_JAVA_OPTS.",
             value=f"{options.memory_budget // budget.MIB}MiB",
         )
-    store: budget.Store = "postgresql" if store_url(options.store_url).startswith("postgres") else "sqlite"
+    store: budget.Store = "postgresql" if url.startswith("postgres") else "sqlite"
     return budget.plan(options.memory_budget, options.max_shards, options.record_size, store)
 
 
