@@ -303,7 +303,7 @@ def ecs_task_definition(data: dict[str, Any], label: str = "task-definition.json
             problems.append(f"{name}: stopTimeout {stop} is outside Fargate's 2-120 s")
         grace = grace_seconds(container.get("command", []))
         limit = container.get("memory") or int(str(data.get("memory", "0")))
-        problems += budget_rules(container.get("command", []), container.get("environment", []), limit, name)
+        problems += budget_rules(container.get("command", []), container.get("environment", []), limit, name)[0]
         if stop < grace + 10:
             problems.append(f"{name}: stopTimeout {stop} s must exceed the shutdown grace {grace:g} s by 10 s")
         check = container.get("healthCheck")
@@ -428,21 +428,27 @@ class MemoryBudget:
         return cls.from_args(container.get("args", []), "deployment.yaml")
 
 
-def budget_rules(argv: Iterable[str], env: Iterable[dict[str, Any]], limit_mib: float, label: str) -> list[str]:
+def budget_rules(
+    argv: Iterable[str], env: Iterable[dict[str, Any]], limit_mib: float, label: str
+) -> tuple[list[str], MemoryBudget | None]:
     """The sizing of one container: its budget works for its shards, fits its memory limit, and
-    no -Xmx in THYME_JAVA_OPTS overrides the heap the budget gives the JVM."""
+    no -Xmx in THYME_JAVA_OPTS overrides the heap the budget gives the JVM. Returns the problems
+    and the sizing (None when it cannot be read)."""
     try:
         budget = MemoryBudget.from_args(argv, label)
-        budget.plan()
     except (ValueError, ConfigError) as exc:
-        return [str(exc) if isinstance(exc, ValueError) else f"{label}: {exc}"]
+        return [str(exc) if isinstance(exc, ValueError) else f"{label}: {exc}"], None
+    try:
+        budget.plan()
+    except ConfigError as exc:
+        return [f"{label}: {exc}"], budget
     problems = []
     if budget.budget_mib > limit_mib:
         problems.append(f"{label}: --memory-budget {budget.budget_mib:g}MiB exceeds the memory limit {limit_mib:g}MiB")
     opts = " ".join(str(e.get("value", "")) for e in env if e.get("name") == "THYME_JAVA_OPTS")
     if "-Xmx" in opts:
         problems.append(f"{label}: -Xmx in THYME_JAVA_OPTS overrides the heap --memory-budget gives the JVM")
-    return problems
+    return problems, budget
 
 
 def keda_rules(doc: dict[str, Any], label: str) -> list[str]:
@@ -540,11 +546,8 @@ def _k8s_consistency(docs: dict[str, dict[str, Any]]) -> list[str]:
     requested = quantity_mib(container["resources"]["requests"]["memory"])
     limit = quantity_mib(container["resources"]["limits"]["memory"])
     args = container.get("args", [])
-    problems += budget_rules(args, container.get("env", []), limit, "deployment.yaml")
-    try:  # budget_rules has said why when it cannot be read
-        budget: MemoryBudget | None = MemoryBudget.from_args(args, "deployment.yaml")
-    except (ValueError, ConfigError):
-        budget = None
+    sizing, budget = budget_rules(args, container.get("env", []), limit, "deployment.yaml")
+    problems += sizing
     if budget is not None and requested < budget.total_mib:
         problems.append(f"deployment.yaml: memory request {requested:g}Mi < --memory-budget {budget.total_mib:g}MiB")
     if limit < requested:
